@@ -1,0 +1,70 @@
+"""The ``egnn`` command: ``egnn <experiment> <action> ...``.
+
+Each experiment package has a ``cli`` module with ``register(subparsers)`` that adds its own sub-commands;
+the modules are imported lazily so a missing optional extra only affects its own experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# experiment name -> module holding ``register(subparsers)``
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "nbody": ("egnn.experiments.nbody.cli", "charged-particle N-body dynamics (paper Table 2)"),
+    "ae": ("egnn.experiments.ae.cli", "graph autoencoder (paper Section 5.2)"),
+    "qm9": ("egnn.experiments.qm9.cli", "QM9 molecular property prediction (paper Table 3)"),
+}
+
+
+class CLIError(Exception):
+    """A user error: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="egnn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    demo = sub.add_parser("demo", help="the main job on a small built-in default (N-body)")
+    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    demo.add_argument("--minutes", type=float, default=4.0, help="training budget in minutes")
+    demo.set_defaults(func=_demo)
+    for name, (module, help_text) in EXPERIMENTS.items():
+        p = sub.add_parser(name, help=help_text)
+        actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+        try:
+            importlib.import_module(module).register(actions)
+        except ModuleNotFoundError as err:  # an optional extra is missing
+            p.set_defaults(func=_missing(name, err))
+    return parser
+
+
+def _missing(name: str, err: Exception):
+    def run(args: argparse.Namespace) -> int:
+        raise CLIError(f"the '{name}' experiment is unavailable: {err}. Install with: pip install -e '.[all]'")
+
+    return run
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from egnn.experiments.nbody.demo import run_demo
+
+    return run_demo(out=args.out, minutes=args.minutes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as err:
+        print(f"egnn: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("egnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
