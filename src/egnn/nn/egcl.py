@@ -1,0 +1,290 @@
+"""E(n)-equivariant graph convolutional layers (EGCL) of Satorras, Hoogeboom & Welling, ICML 2021."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from egnn.nn.validation import check_graph_inputs
+from egnn.ops.scatter import scatter_count
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {name!r}") from None
+
+
+class EGCL(nn.Module):
+    r"""The E(n)-equivariant graph convolutional layer, `arXiv:2102.09844 <https://arxiv.org/abs/2102.09844>`_,
+    equations (3)-(6):
+
+    .. math::
+        m_{ij} &= \phi_e(h_i, h_j, \|x_i - x_j\|^2, a_{ij}) \\
+        x_i &\leftarrow x_i + C \sum_{j \ne i} (x_i - x_j)\, \phi_x(m_{ij}) \\
+        m_i &= \sum_{j \ne i} e_{ij} m_{ij}, \qquad e_{ij} = \phi_{inf}(m_{ij}) \in [0, 1]
+              \text{ (with ``attention``; else } e_{ij} = 1) \\
+        h_i &\leftarrow \phi_h(h_i, m_i)\ (+\, h_i \text{ with ``residual``})
+
+    Edge convention: ``edge_index[0]`` is the source ``j``, ``edge_index[1]`` the target ``i``; messages
+    aggregate at ``edge_index[1]``.
+
+    The first linear map of :math:`\phi_e` acts on :math:`[h_i, h_j, r_{ij}, a_{ij}]`. With ``fast=True``
+    it is evaluated as per-node projections gathered to the edges,
+    :math:`W_1 h_i + W_2 h_j + w_3 r_{ij} + W_4 a_{ij} + b`, which does ``E/N`` times less work than
+    concatenating per edge; ``fast=False`` concatenates (the reference implementation's form). Both use the
+    same parameters, so a state dict works with either.
+
+    Args:
+        in_channels: size of ``h``.
+        hidden_channels: size of the messages and the hidden layers of the MLPs.
+        out_channels: size of the output ``h`` (default ``in_channels``).
+        edge_dim: size of the edge attributes ``a_ij`` (0 for none).
+        node_attr_dim: size of extra node attributes fed to :math:`\phi_h` (0 for none).
+        act: activation, one of ``silu``, ``relu``, ``gelu``, ``tanh``, ``leaky_relu``.
+        residual: add ``h_i`` to the output of :math:`\phi_h` (needs ``out_channels == in_channels``).
+        attention: infer soft edges :math:`e_{ij} = \mathrm{sigmoid}(\mathrm{Linear}(m_{ij}))` weighting the
+            messages (the paper's edge inference).
+        normalize: use :math:`(x_i - x_j) / \sqrt{\|x_i - x_j\|^2 + \epsilon}` in the coordinate update.
+        tanh: bound :math:`\phi_x` to ``coords_range * tanh(.)``.
+        coords_range: bound of :math:`\phi_x` with ``tanh``.
+        coord_agg: ``"mean"`` (:math:`C = 1/\deg(i)`, the reference code's choice) or ``"sum"`` (:math:`C=1`).
+        update_coords: ``False`` builds an invariant-only layer: no :math:`\phi_x`, positions returned as is.
+        norm_eps: :math:`\epsilon` of ``normalize``; keeps values and gradients finite when nodes coincide.
+        fast: per-node projection form of the first linear map of :math:`\phi_e` (see above).
+        chunk_size: compute and scatter messages in chunks of this many edges (bounded memory for huge
+            graphs; same result). ``None`` processes all edges at once.
+
+    Shapes:
+        - **input:** ``h`` ``[N, in_channels]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
+          ``edge_attr`` ``[E, edge_dim]`` (optional), ``node_attr`` ``[N, node_attr_dim]`` (optional)
+        - **output:** ``h`` ``[N, out_channels]``, ``pos`` ``[N, n]``
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int | None = None,
+        edge_dim: int = 0,
+        node_attr_dim: int = 0,
+        act: str = "silu",
+        residual: bool = True,
+        attention: bool = False,
+        normalize: bool = False,
+        tanh: bool = False,
+        coords_range: float = 15.0,
+        coord_agg: str = "mean",
+        update_coords: bool = True,
+        norm_eps: float = 1e-8,
+        fast: bool = True,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        if min(in_channels, hidden_channels, out_channels) < 1 or min(edge_dim, node_attr_dim) < 0:
+            raise ValueError("channel sizes must be >= 1 and edge_dim/node_attr_dim >= 0")
+        if residual and out_channels != in_channels:
+            raise ValueError(f"residual needs out_channels == in_channels, got {out_channels} != {in_channels}")
+        if coord_agg not in ("mean", "sum"):
+            raise ValueError(f"coord_agg must be 'mean' or 'sum', got {coord_agg!r}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+        self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
+        self.edge_dim, self.node_attr_dim = edge_dim, node_attr_dim
+        self.residual, self.attention, self.normalize = residual, attention, normalize
+        self.tanh, self.coords_range, self.coord_agg = tanh, float(coords_range), coord_agg
+        self.update_coords, self.norm_eps, self.fast, self.chunk_size = update_coords, norm_eps, fast, chunk_size
+
+        self.act = make_activation(act)
+        # phi_e: Linear([h_i, h_j, r_ij, a_ij]) -> act -> Linear -> act
+        self.edge_mlp = nn.ModuleList(
+            [nn.Linear(2 * in_channels + 1 + edge_dim, hidden_channels), nn.Linear(hidden_channels, hidden_channels)]
+        )
+        # phi_inf: soft edge weight in [0, 1]
+        self.att_mlp = nn.ModuleList([nn.Linear(hidden_channels, 1)]) if attention else None
+        # phi_x: Linear -> act -> Linear(no bias), the last one started near zero as in the reference code
+        self.coord_mlp = (
+            nn.ModuleList([nn.Linear(hidden_channels, hidden_channels), nn.Linear(hidden_channels, 1, bias=False)])
+            if update_coords
+            else None
+        )
+        # phi_h: Linear([h_i, m_i, node_attr_i]) -> act -> Linear
+        self.node_mlp = nn.ModuleList(
+            [nn.Linear(in_channels + hidden_channels + node_attr_dim, hidden_channels),
+             nn.Linear(hidden_channels, out_channels)]
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        if self.coord_mlp is not None:
+            nn.init.xavier_uniform_(self.coord_mlp[1].weight, gain=0.001)
+
+    def extra_repr(self) -> str:
+        opts = [f"{k}={getattr(self, k)}" for k in ("edge_dim", "residual", "attention", "normalize", "tanh",
+                                                     "coord_agg", "update_coords", "fast")]
+        return f"{self.in_channels}, {self.hidden_channels}, {self.out_channels}, " + ", ".join(opts)
+
+    # --- forward -------------------------------------------------------------------------------------
+    def forward(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        node_attr: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        self.check_inputs(h, pos, edge_index, edge_attr, node_attr)
+        h_out, delta, _ = self.propagate(h, pos, edge_index.long(), edge_attr, node_attr)
+        return h_out, pos + delta if delta is not None else pos
+
+    def check_inputs(self, h, pos, edge_index, edge_attr=None, node_attr=None, vel=None, require_vel=False):
+        check_graph_inputs(
+            h=h, pos=pos, edge_index=edge_index, in_features=self.in_channels,
+            dtype=self.edge_mlp[0].weight.dtype, edge_attr=edge_attr, edge_dim=self.edge_dim,
+            node_attr=node_attr, node_attr_dim=self.node_attr_dim, vel=vel, require_vel=require_vel,
+        )
+
+    def propagate(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        node_attr: Tensor | None = None,
+        count: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Unchecked forward: returns ``(h_new, coordinate update C sum_j (x_i - x_j) phi_x(m_ij), count)``.
+
+        ``count`` (in-degree per node, for mean aggregation) is computed if not given and returned, so a
+        model can share it across layers.
+        """
+        n = h.shape[0]
+        src, dst = edge_index[0], edge_index[1]
+        num_edges = src.shape[0]
+        if self.update_coords and self.coord_agg == "mean" and count is None:
+            count = scatter_count(dst, n, pos.dtype)
+        proj = self._node_projection(h) if self.fast else None
+        chunk = self.chunk_size or max(num_edges, 1)
+        agg_h = h.new_zeros(n, self.hidden_channels)
+        agg_x = pos.new_zeros(pos.shape) if self.update_coords else None
+        for start in range(0, num_edges, chunk):
+            sl = slice(start, min(start + chunk, num_edges))
+            s, d = src[sl], dst[sl]
+            a = edge_attr[sl] if edge_attr is not None else None
+            m, trans = self._messages(h, pos, s, d, a, proj)
+            agg_h = agg_h.index_add(0, d, m)
+            if trans is not None:
+                agg_x = agg_x.index_add(0, d, trans)
+        delta = None
+        if agg_x is not None:
+            delta = agg_x / count.clamp_min(1).unsqueeze(-1) if self.coord_agg == "mean" else agg_x
+        parts = [h, agg_h] if node_attr is None else [h, agg_h, node_attr]
+        out = self.node_mlp[1](self.act(self.node_mlp[0](torch.cat(parts, dim=-1))))
+        if self.residual:
+            out = h + out
+        return out, delta, count
+
+    def _node_projection(self, h: Tensor) -> Tensor:
+        # W1 h_i and W2 h_j for every node in one matrix product: [N, 2H]
+        w = self.edge_mlp[0].weight
+        f = self.in_channels
+        return h @ torch.cat([w[:, :f], w[:, f : 2 * f]], dim=0).t()
+
+    def _messages(
+        self, h: Tensor, pos: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor | None, proj: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        diff = pos.index_select(0, dst) - pos.index_select(0, src)  # x_i - x_j
+        radial = (diff * diff).sum(-1, keepdim=True)
+        geo = radial if edge_attr is None else torch.cat([radial, edge_attr], dim=-1)
+        lin = self.edge_mlp[0]
+        if proj is not None:
+            hh = self.hidden_channels
+            e = torch.addmm(lin.bias, geo, lin.weight[:, 2 * self.in_channels :].t())
+            e = e + proj[:, :hh].index_select(0, dst) + proj[:, hh:].index_select(0, src)
+        else:
+            e = lin(torch.cat([h.index_select(0, dst), h.index_select(0, src), geo], dim=-1))
+        m = self.act(self.edge_mlp[1](self.act(e)))
+        if self.att_mlp is not None:
+            m = m * torch.sigmoid(self.att_mlp[0](m))
+        if self.coord_mlp is None:
+            return m, None
+        phi_x = self.coord_mlp[1](self.act(self.coord_mlp[0](m)))
+        if self.tanh:
+            phi_x = torch.tanh(phi_x) * self.coords_range
+        if self.normalize:
+            diff = diff / torch.sqrt(radial + self.norm_eps)
+        return m, diff * phi_x
+
+
+class EGCLVel(EGCL):
+    r"""The velocity variant of :class:`EGCL`, `arXiv:2102.09844 <https://arxiv.org/abs/2102.09844>`_, eq. (7):
+
+    .. math::
+        v_i &\leftarrow \phi_v(h_i)\, v_i^{init} + C \sum_{j \ne i} (x_i - x_j)\, \phi_x(m_{ij}) \\
+        x_i &\leftarrow x_i + v_i
+
+    with :math:`m_{ij}`, :math:`h_i` updated as in :class:`EGCL`. :math:`\phi_v` is an MLP
+    ``Linear -> act -> Linear(1)`` on the layer's input features. Takes every argument of :class:`EGCL`
+    (``update_coords`` must stay ``True``).
+
+    Shapes:
+        - **input:** as :class:`EGCL` plus ``vel`` ``[N, n]`` (the initial velocities :math:`v^{init}`)
+        - **output:** ``h`` ``[N, out_channels]``, ``pos`` ``[N, n]``, ``vel`` ``[N, n]`` (the new :math:`v_i`)
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, *args, **kwargs) -> None:
+        if not kwargs.get("update_coords", True):
+            raise ValueError("EGCLVel updates coordinates; update_coords=False is not supported")
+        super().__init__(in_channels, hidden_channels, *args, **kwargs)
+        self.vel_mlp = nn.ModuleList([nn.Linear(in_channels, hidden_channels), nn.Linear(hidden_channels, 1)])
+        for m in self.vel_mlp:
+            m.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "vel_mlp"):
+            for m in self.vel_mlp:
+                m.reset_parameters()
+
+    def forward(  # type: ignore[override]
+        self,
+        h: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        node_attr: Tensor | None = None,
+        vel: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        self.check_inputs(h, pos, edge_index, edge_attr, node_attr, vel=vel, require_vel=True)
+        h_out, pos_out, vel_out, _ = self.propagate_vel(h, pos, edge_index.long(), vel, edge_attr, node_attr)
+        return h_out, pos_out, vel_out
+
+    def propagate_vel(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        vel: Tensor,
+        edge_attr: Tensor | None = None,
+        node_attr: Tensor | None = None,
+        count: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Unchecked forward; returns ``(h, pos, vel, count)``."""
+        scale = self.vel_mlp[1](self.act(self.vel_mlp[0](h)))  # phi_v(h_i), on the input features
+        h_out, delta, count = self.propagate(h, pos, edge_index, edge_attr, node_attr, count)
+        v = scale * vel + delta
+        return h_out, pos + v, v, count
+

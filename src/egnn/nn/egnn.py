@@ -1,0 +1,204 @@
+"""The EGNN model: input embedding, a stack of EGCL layers, node and graph heads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from egnn.nn.egcl import EGCL, EGCLVel, make_activation
+from egnn.nn.validation import check_graph_inputs
+from egnn.ops.scatter import scatter_count, scatter_mean, scatter_sum
+
+
+@dataclass
+class EGNNConfig:
+    """Hyper-parameters of :class:`EGNN` (stored as JSON in checkpoints). See :class:`EGNN` for meanings."""
+
+    in_node_nf: int
+    hidden_nf: int = 64
+    n_layers: int = 4
+    in_edge_nf: int = 0
+    out_node_nf: int | None = None
+    graph_out_nf: int | None = None
+    readout: str = "sum"
+    node_attr: bool = False
+    act: str = "silu"
+    residual: bool = True
+    attention: bool = False
+    normalize: bool = False
+    tanh: bool = False
+    coords_range: float = 15.0
+    coord_agg: str = "mean"
+    velocity: bool = False
+    update_coords: bool = True
+    norm_eps: float = 1e-8
+    fast: bool = True
+    chunk_size: int | None = None
+    checkpoint: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EGNNConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown EGNNConfig field(s): {unknown}")
+        return cls(**d)
+
+
+class EGNNOutput(NamedTuple):
+    """``h`` node features (after the node head, if any) ``[N, *]``; ``pos`` ``[N, n]``; ``vel`` ``[N, n]``
+    (velocity variant, else ``None``); ``graph`` graph-level output ``[B, graph_out_nf]`` (else ``None``)."""
+
+    h: Tensor
+    pos: Tensor
+    vel: Tensor | None
+    graph: Tensor | None
+
+
+class EGNN(nn.Module):
+    r"""E(n)-equivariant graph neural network, `arXiv:2102.09844 <https://arxiv.org/abs/2102.09844>`_.
+
+    ``h^0 = W_{emb} h``; then ``L`` layers of :class:`EGCL` (or :class:`EGCLVel` with ``velocity``):
+
+    .. math::
+        h^{l+1}, x^{l+1} = \mathrm{EGCL}(h^l, x^l, \mathcal{E}, a)
+        \qquad\text{or}\qquad
+        h^{l+1}, x^{l+1}, v^{l+1} = \mathrm{EGCL_{vel}}(h^l, x^l, v^{init}, \mathcal{E}, a)
+
+    an optional node head ``MLP(h^L)`` (``out_node_nf``) and an optional invariant graph readout
+    ``MLP(pool_i h_i)`` with sum or mean pooling over each graph (``graph_out_nf``). Outputs: features are
+    E(n)-invariant, positions and velocities E(n)-equivariant, all permutation-equivariant.
+
+    Args:
+        in_node_nf: size of the input node features ``h``.
+        hidden_nf: width of every layer.
+        n_layers: number of EGCL layers ``L``.
+        in_edge_nf: size of the edge attributes ``a_ij`` (0 for none).
+        out_node_nf: if set, node head ``Linear -> act -> Linear(out_node_nf)``; else ``h^L`` is returned.
+        graph_out_nf: if set, graph head ``Linear -> act -> Linear(graph_out_nf)`` on the pooled node outputs.
+        readout: ``"sum"`` or ``"mean"`` pooling for the graph head.
+        node_attr: feed the input features ``h`` to every layer's :math:`\phi_h` (the paper's QM9 model).
+        act, residual, attention, normalize, tanh, coords_range, coord_agg, norm_eps, fast, chunk_size:
+            as in :class:`EGCL`.
+        velocity: use :class:`EGCLVel` layers (eq. 7); ``vel`` becomes a required input.
+        update_coords: ``False`` gives an invariant model (positions used only through distances).
+        checkpoint: recompute each layer in the backward pass (activation checkpointing) to save memory.
+
+    Shapes:
+        - **input:** ``h`` ``[N, in_node_nf]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
+          ``edge_attr`` ``[E, in_edge_nf]``, ``vel`` ``[N, n]``, ``batch`` ``[N]`` (sorted)
+        - **output:** :class:`EGNNOutput`
+    """
+
+    def __init__(self, in_node_nf: int, hidden_nf: int = 64, n_layers: int = 4, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = EGNNConfig(in_node_nf=in_node_nf, hidden_nf=hidden_nf, n_layers=n_layers, **kwargs)
+        c = self.config
+        if c.readout not in ("sum", "mean"):
+            raise ValueError(f"readout must be 'sum' or 'mean', got {c.readout!r}")
+        if c.velocity and not c.update_coords:
+            raise ValueError("velocity=True needs update_coords=True")
+        if n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
+        self.embedding = nn.Linear(in_node_nf, hidden_nf)
+        layer_cls = EGCLVel if c.velocity else EGCL
+        self.layers = nn.ModuleList(
+            layer_cls(
+                hidden_nf, hidden_nf, hidden_nf, edge_dim=c.in_edge_nf,
+                node_attr_dim=in_node_nf if c.node_attr else 0, act=c.act, residual=c.residual,
+                attention=c.attention, normalize=c.normalize, tanh=c.tanh, coords_range=c.coords_range,
+                coord_agg=c.coord_agg, update_coords=c.update_coords, norm_eps=c.norm_eps, fast=c.fast,
+                chunk_size=c.chunk_size,
+            )
+            for _ in range(n_layers)
+        )
+        self.act = make_activation(c.act)
+        self.node_head = (
+            nn.ModuleList([nn.Linear(hidden_nf, hidden_nf), nn.Linear(hidden_nf, c.out_node_nf)])
+            if c.out_node_nf
+            else None
+        )
+        pooled = c.out_node_nf or hidden_nf
+        self.graph_head = (
+            nn.ModuleList([nn.Linear(pooled, hidden_nf), nn.Linear(hidden_nf, c.graph_out_nf)])
+            if c.graph_out_nf
+            else None
+        )
+
+    @classmethod
+    def from_config(cls, config: EGNNConfig | dict[str, Any]) -> EGNN:
+        if isinstance(config, dict):
+            config = EGNNConfig.from_dict(config)
+        d = config.to_dict()
+        return cls(d.pop("in_node_nf"), d.pop("hidden_nf"), d.pop("n_layers"), **d)
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def forward(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        vel: Tensor | None = None,
+        batch: Tensor | None = None,
+        num_graphs: int | None = None,
+    ) -> EGNNOutput:
+        c = self.config
+        check_graph_inputs(
+            h=h, pos=pos, edge_index=edge_index, in_features=c.in_node_nf, dtype=self.embedding.weight.dtype,
+            edge_attr=edge_attr, edge_dim=c.in_edge_nf, vel=vel, require_vel=c.velocity,
+        )
+        if vel is not None and not c.velocity:
+            raise ValueError("vel given but the model was built with velocity=False")
+        if batch is not None and (batch.dim() != 1 or batch.shape[0] != h.shape[0]):
+            raise ValueError(f"batch must have shape [num_nodes={h.shape[0]}], got {tuple(batch.shape)}")
+        edge_index = edge_index.long()
+        node_attr = h if c.node_attr else None
+        x = self.embedding(h)
+        count = None
+        if c.update_coords and c.coord_agg == "mean":
+            count = scatter_count(edge_index[1], h.shape[0], pos.dtype)  # shared by all layers
+        v_out = None
+        for layer in self.layers:
+            args = (x, pos, edge_index, edge_attr, node_attr, count, vel)
+            if c.checkpoint and torch.is_grad_enabled():
+                x, pos, v_out = activation_checkpoint(self._layer_step, layer, *args, use_reentrant=False)
+            else:
+                x, pos, v_out = self._layer_step(layer, *args)
+        if self.node_head is not None:
+            x = self.node_head[1](self.act(self.node_head[0](x)))
+        graph = None
+        if self.graph_head is not None:
+            graph = self.pool(x, batch, num_graphs)
+            graph = self.graph_head[1](self.act(self.graph_head[0](graph)))
+        return EGNNOutput(x, pos, v_out, graph)
+
+    @staticmethod
+    def _layer_step(layer, x, pos, edge_index, edge_attr, node_attr, count, vel):
+        if isinstance(layer, EGCLVel):
+            x, pos, v, _ = layer.propagate_vel(x, pos, edge_index, vel, edge_attr, node_attr, count)
+            return x, pos, v
+        x, delta, _ = layer.propagate(x, pos, edge_index, edge_attr, node_attr, count)
+        return x, (pos + delta if delta is not None else pos), None
+
+    def pool(self, x: Tensor, batch: Tensor | None, num_graphs: int | None = None) -> Tensor:
+        """Invariant per-graph pooling (sum or mean, ``readout``) of node values."""
+        if batch is None:
+            batch = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            num_graphs = 1
+        elif num_graphs is None:
+            num_graphs = int(batch.max()) + 1
+        if self.config.readout == "sum":
+            return scatter_sum(x, batch, num_graphs)
+        return scatter_mean(x, batch, num_graphs)
