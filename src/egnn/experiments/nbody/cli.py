@@ -1,0 +1,125 @@
+"""``egnn nbody generate | train | eval | rollout``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from egnn.experiments.cli import CLIError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from egnn.experiments.nbody.models import NBODY_MODELS
+    from egnn.experiments.nbody.train import PRESETS
+
+    g = sub.add_parser("generate", help="simulate the charged-particle data set (reference file layout)")
+    g.add_argument("--out", required=True, help="directory for the .npy files")
+    g.add_argument("--preset", default="small", choices=["small", "large"])
+    g.add_argument("--num-train", type=int, default=None, help="override the number of training trajectories")
+    g.add_argument("--seed", type=int, default=None, help="override the preset's seed (small: 43)")
+    g.add_argument("--dim", type=int, default=3, help="spatial dimension n >= 2")
+    g.add_argument("--particles", type=int, default=5, help="number of particles")
+    g.set_defaults(func=_generate)
+
+    t = sub.add_parser("train", help="train a model; test MSE at the best validation epoch")
+    t.add_argument("--model", default="egnn", help=f"one of: {', '.join(NBODY_MODELS.names())}")
+    t.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    t.add_argument("--data", default="data/nbody_small", help="directory of the generated data set")
+    t.add_argument("--dataset", default="small", choices=["small", "large"])
+    t.add_argument("--out", default=None, help="run directory (default runs/nbody_<model>_<preset>)")
+    t.add_argument("--max-samples", type=int, default=3000, help="training trajectories used (paper: 3000)")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
+    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="test MSE and forward time (batch of 100) of a checkpoint")
+    e.add_argument("checkpoint", help="path of a checkpoint (e.g. runs/x/best or runs/x/best.json)")
+    e.add_argument("--data", default="data/nbody_small")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_eval)
+
+    r = sub.add_parser("rollout", help="apply a model repeatedly (frame 30 -> 40 -> 50 ...) and plot")
+    r.add_argument("checkpoint")
+    r.add_argument("--data", default="data/nbody_small")
+    r.add_argument("--index", type=int, default=0, help="test trajectory")
+    r.add_argument("--steps", type=int, default=1, help="number of model applications")
+    r.add_argument("--out", default="rollout.png")
+    r.set_defaults(func=_rollout)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from egnn.experiments.nbody.simulate import generate_to_dir
+
+    if args.dim < 2 or args.particles < 2:
+        raise CLIError("--dim must be >= 2 and --particles >= 2")
+    paths = generate_to_dir(args.out, preset=args.preset, num_train=args.num_train, seed=args.seed, dim=args.dim,
+                            n_particles=args.particles, progress=True)
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from egnn.checkpoint import CheckpointError
+    from egnn.experiments.nbody.models import NBODY_MODELS
+    from egnn.experiments.nbody.train import summary_dict, train_nbody
+
+    if args.model not in NBODY_MODELS:
+        raise CLIError(f"unknown model {args.model!r}; choose one of: {', '.join(NBODY_MODELS.names())}")
+    if not Path(args.data).is_dir():
+        raise CLIError(f"data directory {args.data!r} does not exist; create it with "
+                       f"`egnn nbody generate --out {args.data}`")
+    out = args.out or f"runs/nbody_{args.model}_{args.preset}"
+    try:
+        result = train_nbody(
+            args.model, args.data, out, preset=args.preset, dataset=args.dataset, max_samples=args.max_samples,
+            resume=args.resume, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+            max_minutes=args.max_minutes, device=args.device, compile=args.compile or None,
+            progress=not args.no_progress,
+        )
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(summary_dict(result), indent=1))
+    print(f"test MSE at best validation epoch {result.best_epoch}: {result.test_at_best:.5f}  (run: {out})")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from egnn.checkpoint import CheckpointError
+    from egnn.experiments.nbody.train import evaluate_checkpoint
+
+    try:
+        res = evaluate_checkpoint(args.checkpoint, args.data, args.device)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from egnn.checkpoint import CheckpointError
+    from egnn.experiments.nbody.files import load_split
+    from egnn.experiments.nbody.models import NBODY_MODELS
+    from egnn.experiments.nbody.train import load_model, plot_rollout, rollout
+
+    try:
+        model, meta = load_model(args.checkpoint)
+        test = load_split(args.data, "test")
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    if not 0 <= args.index < test["loc"].shape[0]:
+        raise CLIError(f"--index must be in [0, {test['loc'].shape[0]})")
+    i = args.index
+    pred, true = rollout(model, NBODY_MODELS.get(meta["model"]).predict, test["loc"][i], test["vel"][i],
+                         test["charges"][i], n_steps=args.steps)
+    plot_rollout(pred, true, args.out, f"{meta['model']}: test trajectory {i}, frames 30 -> {30 + 10 * args.steps}")
+    err = ((pred[1:] - true[1:]) ** 2).mean(dim=(1, 2)).tolist()
+    print(f"MSE per step: {[round(e, 5) for e in err]}; plot: {args.out}")
+    return 0
