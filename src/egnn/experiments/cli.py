@@ -54,6 +54,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # the canonical class, also when this file runs as __main__ (python -m egnn.experiments.cli)
+    from egnn.experiments.cli import CLIError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
