@@ -188,7 +188,9 @@ class Trainer:
         self.train_model: nn.Module = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # some models leave parameters unused by the loss (e.g. the last node MLP when only positions count)
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                                   find_unused_parameters=True)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
         self.epoch = 0
