@@ -55,7 +55,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 4.0) -> int:
     split = NBodySplit(test["loc"], test["vel"], test["charges"], 30, 40, max_samples=20, dtype=torch.float64)
     b = split.get(torch.arange(20))
 
-    def fn(pos, vel, h, edge_index, edge_q):
+    def fn(pos, vel, h, edge_index, edge_q, batch):
         diff = pos[edge_index[1]] - pos[edge_index[0]]
         ea = torch.cat([edge_q, (diff * diff).sum(-1, keepdim=True)], -1)
         return {"pos": model64(h, pos, edge_index, ea, vel).pos}
