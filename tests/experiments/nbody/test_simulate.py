@@ -22,7 +22,8 @@ from egnn.experiments.nbody.simulate import (
 )
 
 # the project's shared/ folder sits beside the repository (also in CI)
-_DEFAULT_REFERENCE = Path(__file__).resolve().parents[3].parent / "shared/nbody_reference/charged5_seed43_small_sample.npz"
+_SHARED = Path(__file__).resolve().parents[3].parent / "shared"
+_DEFAULT_REFERENCE = _SHARED / "nbody_reference/charged5_seed43_small_sample.npz"
 REFERENCE = Path(os.environ.get("EGNN_NBODY_REFERENCE", str(_DEFAULT_REFERENCE)))
 # trajectories that the reference itself reproduces to <= 1e-13 across machines (see the sample's README)
 TAME = {"train": (0, 1, 2), "valid": (0,), "test": (0,)}

@@ -1,4 +1,4 @@
-"""``egnn nbody generate | train | eval | rollout``."""
+"""``egnn nbody generate | train | eval | rollout | table | sweep``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--steps", type=int, default=1, help="number of model applications")
     r.add_argument("--out", default="rollout.png")
     r.set_defaults(func=_rollout)
+
+    from egnn.experiments.nbody.cli_baselines import register_baselines
+
+    register_baselines(sub)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -55,3 +55,6 @@ NBODY_MODELS.add(
         paper_mse=0.0071,
     ),
 )
+
+# baselines register themselves into NBODY_MODELS (kept in their own module; e3nn is imported lazily)
+from egnn.experiments.nbody import baselines  # noqa: E402, F401

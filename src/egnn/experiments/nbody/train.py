@@ -42,6 +42,8 @@ def make_task(splits: dict[str, NBodySplit], predict) -> Task:
 
 
 def train_config_for(model_name: str, preset: str, **overrides: Any) -> TrainConfig:
+    """The preset's settings with the model's lr; ``None`` overrides mean "not given" (so to switch weight
+    averaging off pass ``ema_decay=0``)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     spec = NBODY_MODELS.get(model_name)
