@@ -225,7 +225,9 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def _tree(self) -> dict[str, Any]:
-        tree: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
+        # the torch RNG state too: models that sample noise in forward (e.g. the autoencoders) resume exactly
+        tree: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                                "torch_rng": torch.get_rng_state()}
         if self.ema is not None:
             tree["ema"] = self.ema.state_dict()
         return tree
@@ -275,6 +277,8 @@ class Trainer:
                 self.ema.load_state_dict(tree["ema"])
         except (KeyError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"optimizer/EMA state in {self.out / 'last'} does not match: {err}") from None
+        if "torch_rng" in tree:
+            torch.set_rng_state(tree["torch_rng"].cpu())
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         self.train_seconds = float(meta["train_seconds"])
         self.best = meta["best"]
@@ -327,6 +331,12 @@ class Trainer:
                     group["lr"] = self.lr_at(self.step)
                 self.opt.zero_grad(set_to_none=True)
                 loss = self.task.loss(self.train_model, batch)
+                value = float(loss.detach())
+                if not math.isfinite(value):  # stop before a bad step reaches the weights
+                    raise FloatingPointError(
+                        f"training loss became {value} at step {self.step + 1} (epoch {self.epoch + 1}); "
+                        f"last good checkpoint: {self.out / 'last'}; try a lower lr or the tanh/normalize options"
+                    )
                 loss.backward()
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -334,10 +344,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 self.step += 1
-                loss_sum += float(loss.detach()) * idx.numel()
+                loss_sum += value * idx.numel()
                 loss_n += idx.numel()
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(f"training loss became {loss_sum} in epoch {self.epoch}")
             self.epoch += 1
             elapsed = self.train_seconds + time.perf_counter() - t0
             out_of_time = cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes

@@ -189,3 +189,12 @@ def test_cli_bad_arguments(data_dir, tmp_path, capsys):
     save_checkpoint(tmp_path / "foreign", {"model": {}}, {"experiment": "qm9"})
     assert cli_main(["nbody", "eval", str(tmp_path / "foreign"), "--data", str(data_dir)]) == 2
     assert "not an N-body checkpoint" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_before_the_step(data_dir, tmp_path):
+    trainer = _trainer(data_dir, tmp_path / "nan")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.task.loss = lambda model, b: torch.tensor(float("nan"), requires_grad=True)
+    with pytest.raises(FloatingPointError, match="training loss became nan at step 1"):
+        trainer.fit()
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
