@@ -185,9 +185,9 @@ class EGCL(nn.Module):
             s, d = src[sl], dst[sl]
             a = edge_attr[sl] if edge_attr is not None else None
             m, trans = self._messages(h, pos, s, d, a, proj)
-            agg_h = agg_h.index_add(0, d, m)
+            agg_h.index_add_(0, d, m)  # in place: a fresh buffer, no N x H copy per chunk
             if trans is not None:
-                agg_x = agg_x.index_add(0, d, trans)
+                agg_x.index_add_(0, d, trans)
         delta = None
         if agg_x is not None:
             delta = agg_x / count.clamp_min(1).unsqueeze(-1) if self.coord_agg == "mean" else agg_x

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from egnn.nn.egcl import EGCL, EGCLVel, make_activation
-from egnn.nn.validation import check_graph_inputs
+from egnn.nn.validation import check_batch, check_graph_inputs
 from egnn.ops.scatter import scatter_count, scatter_mean, scatter_sum
 
 
@@ -161,8 +161,8 @@ class EGNN(nn.Module):
         )
         if vel is not None and not c.velocity:
             raise ValueError("vel given but the model was built with velocity=False")
-        if batch is not None and (batch.dim() != 1 or batch.shape[0] != h.shape[0]):
-            raise ValueError(f"batch must have shape [num_nodes={h.shape[0]}], got {tuple(batch.shape)}")
+        if batch is not None:
+            check_batch(batch, h.shape[0], num_graphs)
         edge_index = edge_index.long()
         node_attr = h if c.node_attr else None
         x = self.embedding(h)

@@ -82,5 +82,21 @@ def check_graph_inputs(
         check_finite(name, x)
 
 
+def check_batch(batch: Tensor, num_nodes: int, num_graphs: int | None = None) -> None:
+    """``batch``: integer ``[num_nodes]`` with values in ``[0, num_graphs)``."""
+    if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.shape[0] != num_nodes:
+        raise ValueError(f"batch must have shape [num_nodes={num_nodes}], got {_shape(batch)}")
+    if batch.dtype.is_floating_point or batch.dtype.is_complex or batch.dtype == torch.bool:
+        raise ValueError(f"batch must be an integer tensor, got {batch.dtype}")
+    if num_graphs is not None and num_graphs < 1:
+        raise ValueError(f"num_graphs must be >= 1, got {num_graphs}")
+    if _compiling() or not batch.numel():
+        return
+    lo, hi = int(batch.min()), int(batch.max())
+    if lo < 0 or (num_graphs is not None and hi >= num_graphs):
+        bound = f"num_graphs={num_graphs}" if num_graphs is not None else "num_graphs"
+        raise ValueError(f"batch values must be in [0, {bound}), got range [{lo}, {hi}]")
+
+
 def _shape(x: object) -> str:
     return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__

@@ -1,0 +1,267 @@
+"""Million-node point clouds: time the neighbour search and a chunked EGNN forward (or a training step).
+
+    python benchmarks/bench_scale.py --nodes N [--chunk 262144] [--variant core|inplace|chunkckpt] [--train]
+
+prints exactly one line::
+
+    N nodes, E edges, graph T1 s, forward T2 s, peak RSS M GiB
+
+for a 4-layer, hidden-64 :class:`egnn.nn.EGNN` (inference, ``torch.no_grad``) on ``N`` points drawn uniformly in
+the unit cube, with a radius graph of about 32 neighbours per node: the radius is chosen from the density,
+``N * (4/3) pi r^3 * f(r) = target``, with ``f(r)`` the mean fraction of a ball of radius ``r`` that lies inside
+the cube (boundary correction), and ``max_num_neighbors=32`` (so the k-d tree is queried with ``k = 33``).
+The graph time ``T1`` (``egnn.ops.radius_graph``, k-d tree path) is measured separately from the forward
+time ``T2``. Messages are computed and scattered ``--chunk`` edges at a time (``EGNNConfig.chunk_size``), so
+the working memory is ``O(N H + chunk H)`` on top of the ``[2, E]`` edge index.
+
+``--train`` runs one training step instead (forward + MSE loss on the output positions + backward + Adam),
+with activation checkpointing (``EGNNConfig.checkpoint=True``) and the same chunking; the line then reads
+``train step T2 s``.
+
+``--variant inplace`` swaps in :class:`InplaceEGCL`, a local copy of the layer's ``propagate`` that
+accumulates the chunk sums in place (see its docstring): the change proposed for the core, measured here
+without touching ``src/egnn/nn``. ``--variant chunkckpt`` (:class:`ChunkCheckpointEGCL`) adds per-chunk
+activation checkpointing, the change proposed for training memory (``--train``).
+
+``--kdtree-only`` times just ``scipy.spatial.cKDTree`` build + ``query(k=33, distance_upper_bound=r,
+workers=-1)`` on the same points (the raw cost inside ``radius_graph``) and prints
+``N nodes, E edges, build T0 s, query T1 s, peak RSS M GiB``.
+
+The wall times depend on how busy the machine is; the CPU time of the timed part (user + system, all threads)
+goes to stderr as ``# forward: C s CPU (...)``.
+
+Peak RSS is the process's ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the whole run, graph included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import sys
+import time
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from egnn.nn import EGCL, EGNN
+from egnn.ops import radius_graph
+from egnn.ops.scatter import scatter_count
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process in GiB (``ru_maxrss`` is in KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 30) if sys.platform == "darwin" else rss / (1 << 20)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all threads): a contention-independent cost measure."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def ball_fraction_in_cube(r: float, samples: int = 200_000, seed: int = 0) -> float:
+    """Mean fraction of a radius-``r`` ball, centred uniformly in the unit cube, that lies inside the cube.
+
+    Monte Carlo over (centre, offset) pairs; exact enough (~0.2 %) for choosing the radius.
+    """
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(samples, 3, generator=g, dtype=torch.float64)
+    u = torch.randn(samples, 3, generator=g, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True) * torch.rand(samples, 1, generator=g, dtype=torch.float64).pow(1 / 3)
+    p = centre + r * u
+    return float(((p >= 0) & (p <= 1)).all(dim=1).double().mean())
+
+
+def radius_for_degree(n: int, degree: float) -> float:
+    """Radius giving ``degree`` expected neighbours per node for ``n`` uniform points in the unit cube."""
+    r = (3.0 * degree / (4.0 * math.pi * max(n - 1, 1))) ** (1.0 / 3.0)
+    for _ in range(3):  # fixed point of r = r_bulk / f(r)^(1/3)
+        r = (3.0 * degree / (4.0 * math.pi * max(n - 1, 1) * ball_fraction_in_cube(r))) ** (1.0 / 3.0)
+    return r
+
+
+def capped_poisson_mean(lam: float, cap: int) -> float:
+    """``E[min(X, cap)]`` for ``X ~ Poisson(lam)``: the mean degree after ``max_num_neighbors=cap``."""
+    p, total, below = math.exp(-lam), 0.0, 0.0
+    for k in range(cap):
+        total += k * p
+        below += p
+        p *= lam / (k + 1)
+    return total + cap * (1.0 - below)
+
+
+def uncapped_degree_for(mean_degree: float, cap: int) -> float:
+    """The uncapped expected degree whose capped mean is ``mean_degree`` (bisection)."""
+    lo, hi = mean_degree, 4.0 * mean_degree
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if capped_poisson_mean(mid, cap) < mean_degree else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+class InplaceEGCL(EGCL):
+    """:class:`EGCL` whose :meth:`propagate` accumulates the chunk sums in place.
+
+    The core's loop does ``agg_h = agg_h.index_add(0, d, m)``: out of place, so every chunk copies the whole
+    ``[N, H]`` accumulator (256 MB at ``N = 10^6``, ``H = 64``) -- ``E / chunk`` full copies per layer, which
+    dominates the forward at large ``N``. Here the accumulators are fresh zeros owned by the layer, so
+    ``index_add_`` in place is safe for autograd (``index_add_`` backward is a gather of the incoming gradient;
+    the zeros buffer is not needed by any other op). Everything else is the core's code path, so the results
+    are identical (checked by ``--check``).
+    """
+
+    def propagate(self, h, pos, edge_index, edge_attr=None, node_attr=None, count=None):
+        n = h.shape[0]
+        src, dst = edge_index[0], edge_index[1]
+        num_edges = src.shape[0]
+        if self.update_coords and self.coord_agg == "mean" and count is None:
+            count = scatter_count(dst, n, pos.dtype)
+        proj = self._node_projection(h) if self.fast else None
+        chunk = self.chunk_size or max(num_edges, 1)
+        agg_h = h.new_zeros(n, self.hidden_channels)
+        agg_x = pos.new_zeros(pos.shape) if self.update_coords else None
+        for start in range(0, num_edges, chunk):
+            sl = slice(start, min(start + chunk, num_edges))
+            s, d = src[sl], dst[sl]
+            a = edge_attr[sl] if edge_attr is not None else None
+            m, trans = self._chunk_messages(h, pos, s, d, a, proj)
+            agg_h.index_add_(0, d, m)
+            if trans is not None:
+                agg_x.index_add_(0, d, trans)
+        delta = None
+        if agg_x is not None:
+            delta = agg_x / count.clamp_min(1).unsqueeze(-1) if self.coord_agg == "mean" else agg_x
+        parts = [h, agg_h] if node_attr is None else [h, agg_h, node_attr]
+        out = self.node_mlp[1](self.act(self.node_mlp[0](torch.cat(parts, dim=-1))))
+        if self.residual:
+            out = h + out
+        return out, delta, count
+
+    def _chunk_messages(self, h, pos, s, d, a, proj):
+        return self._messages(h, pos, s, d, a, proj)
+
+
+class ChunkCheckpointEGCL(InplaceEGCL):
+    """:class:`InplaceEGCL` that also recomputes each chunk's messages in the backward pass.
+
+    ``EGNN(checkpoint=True)`` checkpoints whole layers, so the backward of one layer still holds the
+    activations of *all* its edges (about eight ``[E, H]`` tensors: 13 GiB at ``N = 10^5``). Checkpointing each
+    chunk's :meth:`_messages` keeps only its inputs (shared ``h``, ``pos``, ``proj`` and the index slices), so a
+    training step needs ``O(N H + chunk H)`` memory like inference, for one extra message evaluation.
+    """
+
+    def _chunk_messages(self, h, pos, s, d, a, proj):
+        if torch.is_grad_enabled():
+            return activation_checkpoint(self._messages, h, pos, s, d, a, proj, use_reentrant=False)
+        return self._messages(h, pos, s, d, a, proj)
+
+
+VARIANTS: dict[str, type[EGCL]] = {"core": EGCL, "inplace": InplaceEGCL, "chunkckpt": ChunkCheckpointEGCL}
+
+
+def build_model(variant: str, chunk: int, checkpoint: bool, layers: int = 4, hidden: int = 64) -> EGNN:
+    """The benchmarked model: ``EGNN(1, hidden, layers)`` with ``chunk_size=chunk``; ``inplace`` swaps layers."""
+    torch.manual_seed(0)
+    model = EGNN(1, hidden, layers, chunk_size=chunk, checkpoint=checkpoint)
+    if variant != "core":
+        for i, old in enumerate(model.layers):
+            new = VARIANTS[variant](hidden, hidden, hidden, chunk_size=chunk)
+            new.load_state_dict(old.state_dict())
+            model.layers[i] = new
+    return model
+
+
+def make_points(n: int, seed: int) -> Tensor:
+    return torch.rand(n, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def kdtree_only(n: int, r: float, seed: int) -> str:
+    """Raw scipy cost: cKDTree build and ``query(k=33, distance_upper_bound=r, workers=-1)``."""
+    from scipy.spatial import cKDTree
+
+    x = make_points(n, seed).double().numpy()
+    t0 = time.perf_counter()
+    tree = cKDTree(x)
+    t_build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, idx = tree.query(x, k=33, distance_upper_bound=r, workers=-1)
+    t_query = time.perf_counter() - t0
+    edges = int((idx < n).sum()) - n  # minus the self matches
+    del tree, idx
+    return f"{n} nodes, {edges} edges, build {t_build:.2f} s, query {t_query:.2f} s, peak RSS {peak_rss_gib():.2f} GiB"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, required=True, help="number of points N")
+    parser.add_argument("--degree", type=float, default=32.0, help="target mean in-degree")
+    parser.add_argument("--chunk", type=int, default=1 << 18, help="edges per message chunk (chunk_size)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="core", help="layer implementation")
+    parser.add_argument("--train", action="store_true", help="one training step with activation checkpointing")
+    parser.add_argument("--no-checkpoint", action="store_true", help="with --train: disable checkpointing")
+    parser.add_argument("--kdtree-only", action="store_true", help="time scipy cKDTree build + query only")
+    parser.add_argument("--check", action="store_true", help="also compare against the other variant (small N)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.nodes < 2:
+        parser.error("--nodes must be >= 2")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cap = 32
+    r = radius_for_degree(args.nodes, uncapped_degree_for(args.degree, cap))
+    if args.kdtree_only:
+        print(kdtree_only(args.nodes, r, args.seed), flush=True)
+        return
+
+    pos = make_points(args.nodes, args.seed)
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    edge_index = radius_graph(pos, r, max_num_neighbors=cap)
+    t_graph, c_graph = time.perf_counter() - t0, cpu_seconds() - c0
+    num_edges = edge_index.shape[1]
+    h = torch.ones(args.nodes, 1)
+    model = build_model(args.variant, args.chunk, checkpoint=args.train and not args.no_checkpoint)
+
+    if args.train:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        target = pos + 0.01
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        out = model(h, pos, edge_index)
+        loss = (out.pos - target).pow(2).mean() + out.h.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t_run, c_run = time.perf_counter() - t0, cpu_seconds() - c0
+        if not math.isfinite(loss.item()):
+            raise SystemExit(f"non-finite loss {loss.item()}")
+        what = "train step"
+    else:
+        model.eval()
+        with torch.no_grad():
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            out = model(h, pos, edge_index)
+            t_run, c_run = time.perf_counter() - t0, cpu_seconds() - c0
+        if not bool(torch.isfinite(out.pos).all() and torch.isfinite(out.h).all()):
+            raise SystemExit("non-finite output")
+        what = "forward"
+        if args.check:
+            other = build_model("core" if args.variant == "inplace" else "inplace", args.chunk, False).eval()
+            with torch.no_grad():
+                ref = other(h, pos, edge_index)
+            err = max(float((ref.h - out.h).abs().max()), float((ref.pos - out.pos).abs().max()))
+            print(f"# max |difference| to the other variant: {err:.3g}", file=sys.stderr)
+    threads = torch.get_num_threads()
+    print(f"# graph: {c_graph:.1f} s CPU; {what}: {c_run:.1f} s CPU (user+sys, {threads} threads)", file=sys.stderr)
+    print(
+        f"{args.nodes} nodes, {num_edges} edges, graph {t_graph:.2f} s, {what} {t_run:.2f} s, "
+        f"peak RSS {peak_rss_gib():.2f} GiB",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
