@@ -80,4 +80,110 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-_ACTIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_prepare,)
+# -------------------------------------------------------------------------------------------------- train
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from egnn.experiments.qm9.data import TARGET_NAMES
+
+    p = subparsers.add_parser(
+        "train",
+        help="train the paper's EGNN on one property; test MAE at the best validation epoch",
+        description="Train on the paper's split (100,000 / 17,748 / 13,083). Presets: 'paper' (7 x 128, batch 96, "
+        "1000 epochs: GPU work) and 'quick' (a smaller model for about 2 hours on 2 CPU cores).",
+    )
+    p.add_argument("--target", required=True, metavar="NAME", help=f"one of: {', '.join(TARGET_NAMES)}")
+    p.add_argument("--preset", default="quick", metavar="paper|quick", help="training recipe (default: quick)")
+    p.add_argument("--max-train", type=int, default=None, help="use only the first N training molecules")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (cosine spans them)")
+    p.add_argument("--data", default=DEFAULT_OUT, help=f"folder of the prepared cache (default: {DEFAULT_OUT})")
+    p.add_argument("--out", default=None, help="run directory (default: runs/qm9_<target>_<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate valid/test every E epochs")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (after an evaluation) past this")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps")
+    p.add_argument("--ema-decay", type=float, default=None, help="weight averaging for evaluation (0: off)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from egnn.checkpoint import CheckpointError
+    from egnn.experiments.qm9 import data as qm9
+    from egnn.experiments.qm9 import train as qt
+
+    try:
+        qt.check_target(args.target)
+        qt.get_preset(args.preset)
+        out = args.out or f"runs/qm9_{args.target}_{args.preset}"
+        result = qt.train_qm9(
+            args.target, args.preset, out, data_dir=args.data, max_train=args.max_train, epochs=args.epochs,
+            resume=args.resume, device=args.device, lr=args.lr, batch_size=args.batch_size,
+            eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,
+            warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
+            compile=args.compile or None, progress=not args.no_progress,
+        )
+    except (CheckpointError, qm9.QM9DataError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(qt.summary_dict(result), indent=1))
+    unit = qm9.TARGETS[qm9.target_index(args.target)].unit
+    print(f"{args.target}: test MAE {result.test_at_best:.4g} {unit} at best validation epoch {result.best_epoch} "
+          f"(paper EGNN: {qt.PAPER_MAE[args.target]:g}; run: {out})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- eval
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="test MAE (paper unit) of a checkpoint, recomputed from the data")
+    p.add_argument("checkpoint", help="run directory (its best-validation checkpoint) or checkpoint path")
+    p.add_argument("--target", default=None, help="fail unless the checkpoint was trained for this target")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--data", default=DEFAULT_OUT, help=f"folder of the prepared cache (default: {DEFAULT_OUT})")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from egnn.checkpoint import CheckpointError
+    from egnn.experiments.qm9 import data as qm9
+    from egnn.experiments.qm9 import train as qt
+
+    try:
+        res = qt.evaluate_checkpoint(args.checkpoint, args.data, args.device, target=args.target, split=args.split)
+    except (CheckpointError, qm9.QM9DataError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- table
+
+
+def _add_table(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("table", help="markdown table of finished runs beside the paper's Table 3")
+    p.add_argument("--runs", default="runs", help="folder searched for runs (default: runs)")
+    p.add_argument("--all", action="store_true", help="also list unfinished runs")
+    p.set_defaults(func=_run_table)
+
+
+def _run_table(args: argparse.Namespace) -> int:
+    from egnn.experiments.qm9 import train as qt
+
+    if not Path(args.runs).is_dir():
+        raise CLIError(f"runs folder {args.runs!r} does not exist")
+    print(qt.table(args.runs, include_unfinished=args.all))
+    return 0
+
+
+_ACTIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_prepare, _add_train, _add_eval, _add_table)
