@@ -131,6 +131,19 @@ def shard_batches(order: Tensor, batch_size: int, rank: int, world: int) -> list
     return batches
 
 
+def _warm_ema(decay: float):
+    """EMA whose decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates, so short runs are
+    not dominated by the initial weights."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor | int) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
+
+
 @torch.no_grad()
 def evaluate_split(
     task: Task, split: DataSplit, model: nn.Module, device: torch.device, batch_size: int = 500
@@ -179,9 +192,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = (
-            torch.optim.swa_utils.AveragedModel(
-                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
-            )
+            torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=_warm_ema(cfg.ema_decay))
             if cfg.ema_decay
             else None
         )
