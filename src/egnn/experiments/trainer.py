@@ -172,6 +172,12 @@ class FitResult:
     time_to_target: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-epoch history (for printing)."""
+        d = asdict(self)
+        d.pop("history")
+        return d
+
 
 class Trainer:
     """Train ``model`` on ``task``; writes ``log.csv``, ``last.*`` and ``best.*`` checkpoints in ``out_dir``.

@@ -24,6 +24,7 @@ from egnn.checkpoint import CheckpointError, load_checkpoint, load_state_dict_st
 from egnn.experiments.ae.datasets import AE_DATASETS, AEBatch, AESplit, load_ae_dataset, overfit_split
 from egnn.experiments.ae.metrics import EdgeCounts, edge_counts, graph_bce
 from egnn.experiments.ae.models import AE_MODELS, GraphAutoencoder, build_model
+from egnn.experiments.plots import plot_training_curve
 from egnn.experiments.trainer import FitResult, Task, TrainConfig, Trainer
 
 # Training presets.
@@ -163,7 +164,7 @@ def train_ae(
     fit.pop("history", None)
     run = AERun(model_name, dataset, fit, test, time.perf_counter() - t0)
     (out / "metrics.json").write_text(json.dumps(asdict(run), indent=1))
-    plot_training_curve(out / "log.csv", out / "training_curve.png")
+    plot_training_curve(out / "log.csv", out / "training_curve.png", metric="BCE per graph", train_label="train BCE")
     return run
 
 
@@ -286,27 +287,4 @@ def plot_overfit(rows: Sequence[dict[str, Any]], out_png: str | Path) -> None:
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
 
-
-def plot_training_curve(log_csv: str | Path, out_png: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(log_csv) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogy([int(r["epoch"]) for r in rows], [float(r["train_loss"]) for r in rows], label="train BCE")
-    ev = [(int(r["epoch"]), float(r["valid"])) for r in rows if r.get("valid")]
-    if ev:
-        ax.semilogy([e for e, _ in ev], [v for _, v in ev], "o-", ms=2, label="valid BCE")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("BCE per graph")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
 

@@ -73,7 +73,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from egnn.checkpoint import CheckpointError
     from egnn.experiments.nbody.models import NBODY_MODELS
-    from egnn.experiments.nbody.train import summary_dict, train_nbody
+    from egnn.experiments.nbody.train import train_nbody
 
     if args.model not in NBODY_MODELS:
         raise CLIError(f"unknown model {args.model!r}; choose one of: {', '.join(NBODY_MODELS.names())}")
@@ -90,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         raise CLIError(str(err)) from None
-    print(json.dumps(summary_dict(result), indent=1))
+    print(json.dumps(result.summary(), indent=1))
     print(f"test MSE at best validation epoch {result.best_epoch}: {result.test_at_best:.5f}  (run: {out})")
     return 0
 

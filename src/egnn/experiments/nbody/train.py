@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from egnn.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from egnn.experiments.nbody.data import NBodyBatch, NBodySplit, load_nbody
 from egnn.experiments.nbody.models import NBODY_MODELS
+from egnn.experiments.plots import plot_training_curve
 from egnn.experiments.trainer import FitResult, Task, TrainConfig, Trainer, evaluate_split, resolve_device
 
 # Training presets. ``paper``: the reference repository's N-body settings (README of vgsatorras/egnn:
@@ -83,7 +84,9 @@ def train_nbody(
         trainer.resume()
     result = trainer.fit()
     if trainer.rank == 0:
-        plot_training_curve(out / "log.csv", out / "training_curve.png")
+        refs = {f"paper {model_name} {spec.paper_mse}": spec.paper_mse} if spec.paper_mse else None
+        plot_training_curve(out / "log.csv", out / "training_curve.png", metric="MSE", references=refs,
+                            title=f"N-body, {model_name} ({preset})")
     return result
 
 
@@ -164,34 +167,6 @@ def rollout(model: nn.Module, predict, loc, vel, charges, start: int = 30, step:
     return torch.stack(preds), torch.stack(true)
 
 
-def plot_training_curve(log_csv: str | Path, out_png: str | Path) -> None:
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader(open(log_csv)))
-    if not rows:
-        return
-    ep = [int(r["epoch"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogy(ep, [float(r["train_loss"]) for r in rows], label="train loss")
-    ev = [(int(r["epoch"]), float(r["valid"]), float(r["test"])) for r in rows if r.get("valid")]
-    if ev:
-        ax.semilogy([e[0] for e in ev], [e[1] for e in ev], "o-", ms=2, label="valid MSE")
-        ax.semilogy([e[0] for e in ev], [e[2] for e in ev], "s-", ms=2, label="test MSE")
-    ax.axhline(0.0071, color="gray", ls="--", lw=1, label="paper EGNN 0.0071")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-
-
 def plot_rollout(pred: Tensor, true: Tensor, out_png: str | Path, title: str = "") -> None:
     import matplotlib
 
@@ -211,9 +186,3 @@ def plot_rollout(pred: Tensor, true: Tensor, out_png: str | Path, title: str = "
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
-
-
-def summary_dict(result: FitResult) -> dict[str, Any]:
-    d = asdict(result)
-    d.pop("history", None)
-    return d

@@ -132,7 +132,7 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     except (CheckpointError, qm9.QM9DataError, ValueError) as err:
         raise CLIError(str(err)) from None
-    print(json.dumps(qt.summary_dict(result), indent=1))
+    print(json.dumps(result.summary(), indent=1))
     unit = qm9.TARGETS[qm9.target_index(args.target)].unit
     print(f"{args.target}: test MAE {result.test_at_best:.4g} {unit} at best validation epoch {result.best_epoch} "
           f"(paper EGNN: {qt.PAPER_MAE[args.target]:g}; run: {out})")

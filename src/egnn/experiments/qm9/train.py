@@ -13,9 +13,7 @@ no self loops) come from :func:`egnn.ops.fully_connected_edges` (no Python loop 
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from egnn.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+from egnn.experiments.plots import plot_training_curve
 from egnn.experiments.qm9 import data as qm9
 from egnn.experiments.qm9.model import PAPER_HPARAMS, build_model, predict
 from egnn.experiments.trainer import FitResult, Task, TrainConfig, Trainer, evaluate_split, resolve_device
@@ -301,7 +300,10 @@ def train_qm9(
         trainer.resume()
     result = trainer.fit()
     if trainer.rank == 0:
-        plot_training_curve(out / "log.csv", out / "training_curve.png", target, norm.mad)
+        paper = PAPER_MAE[target]
+        plot_training_curve(out / "log.csv", out / "training_curve.png", metric=f"{target} MAE ({_unit(target)})",
+                            train_label="train MAE (running, per epoch)", train_scale=norm.mad,
+                            references={f"paper EGNN {paper:g}": paper}, title=f"QM9 {target} ({preset})")
     return result
 
 
@@ -417,45 +419,3 @@ def table(runs_dir: str | Path = "runs", include_unfinished: bool = False) -> st
 # ------------------------------------------------------------------------------------------------- plots
 
 
-def plot_training_curve(
-    log_csv: str | Path, out_png: str | Path, target: str, mad: float, title: str | None = None,
-    goal: float | None = None,
-) -> None:
-    """Learning curve in the paper's unit: train MAE (= normalised L1 x MAD), valid and test MAE per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(log_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    unit = _unit(target)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ep = [int(r["epoch"]) for r in rows]
-    ax.plot(ep, [float(r["train_loss"]) * mad for r in rows], "-", label="train MAE (running, per epoch)")
-    ev = [r for r in rows if r.get("valid")]
-    if ev:
-        ax.plot([int(r["epoch"]) for r in ev], [float(r["valid"]) for r in ev], "o-", ms=3, label="valid MAE")
-        tests = [(int(r["epoch"]), float(r["test"])) for r in ev if r.get("test")]
-        if tests:
-            ax.plot(*zip(*tests), "s-", ms=3, label="test MAE")
-    ax.axhline(PAPER_MAE[target], color="gray", ls="--", lw=1, label=f"paper EGNN {PAPER_MAE[target]:g}")
-    if goal is not None:
-        ax.axhline(goal, color="red", ls=":", lw=1, label=f"goal {goal:g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{target} MAE ({unit})")
-    ax.set_title(title or f"QM9 {target}")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-
-
-def summary_dict(result: FitResult) -> dict[str, Any]:
-    d = asdict(result)
-    d.pop("history", None)
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
