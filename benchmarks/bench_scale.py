@@ -1,6 +1,6 @@
 """Million-node point clouds: time the neighbour search and a chunked EGNN forward (or a training step).
 
-    python benchmarks/bench_scale.py --nodes N [--chunk 262144] [--variant core|inplace|chunkckpt] [--train]
+    python benchmarks/bench_scale.py --nodes N [--chunk 262144] [--train [--chunk-checkpoint]]
 
 prints exactly one line::
 
@@ -18,10 +18,9 @@ the working memory is ``O(N H + chunk H)`` on top of the ``[2, E]`` edge index.
 with activation checkpointing (``EGNNConfig.checkpoint=True``) and the same chunking; the line then reads
 ``train step T2 s``.
 
-``--variant inplace`` swaps in :class:`InplaceEGCL`, a local copy of the layer's ``propagate`` that
-accumulates the chunk sums in place (see its docstring): the change proposed for the core, measured here
-without touching ``src/egnn/nn``. ``--variant chunkckpt`` (:class:`ChunkCheckpointEGCL`) adds per-chunk
-activation checkpointing, the change proposed for training memory (``--train``).
+``--chunk-checkpoint`` (with ``--train``) also recomputes each edge chunk's messages in the backward pass
+(``EGNNConfig.checkpoint_chunks``): layer checkpointing alone still holds one layer's activations for all its
+edges during that layer's backward.
 
 ``--kdtree-only`` times just ``scipy.spatial.cKDTree`` build + ``query(k=33, distance_upper_bound=r,
 workers=-1)`` on the same points (the raw cost inside ``radius_graph``) and prints
@@ -43,11 +42,9 @@ import time
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from egnn.nn import EGCL, EGNN
+from egnn.nn import EGNN
 from egnn.ops import radius_graph
-from egnn.ops.scatter import scatter_count
 
 
 def peak_rss_gib() -> float:
@@ -102,76 +99,10 @@ def uncapped_degree_for(mean_degree: float, cap: int) -> float:
     return 0.5 * (lo + hi)
 
 
-class InplaceEGCL(EGCL):
-    """:class:`EGCL` whose :meth:`propagate` accumulates the chunk sums in place.
-
-    The core's loop does ``agg_h = agg_h.index_add(0, d, m)``: out of place, so every chunk copies the whole
-    ``[N, H]`` accumulator (256 MB at ``N = 10^6``, ``H = 64``) -- ``E / chunk`` full copies per layer, which
-    dominates the forward at large ``N``. Here the accumulators are fresh zeros owned by the layer, so
-    ``index_add_`` in place is safe for autograd (``index_add_`` backward is a gather of the incoming gradient;
-    the zeros buffer is not needed by any other op). Everything else is the core's code path, so the results
-    are identical (checked by ``--check``).
-    """
-
-    def propagate(self, h, pos, edge_index, edge_attr=None, node_attr=None, count=None):
-        n = h.shape[0]
-        src, dst = edge_index[0], edge_index[1]
-        num_edges = src.shape[0]
-        if self.update_coords and self.coord_agg == "mean" and count is None:
-            count = scatter_count(dst, n, pos.dtype)
-        proj = self._node_projection(h) if self.fast else None
-        chunk = self.chunk_size or max(num_edges, 1)
-        agg_h = h.new_zeros(n, self.hidden_channels)
-        agg_x = pos.new_zeros(pos.shape) if self.update_coords else None
-        for start in range(0, num_edges, chunk):
-            sl = slice(start, min(start + chunk, num_edges))
-            s, d = src[sl], dst[sl]
-            a = edge_attr[sl] if edge_attr is not None else None
-            m, trans = self._chunk_messages(h, pos, s, d, a, proj)
-            agg_h.index_add_(0, d, m)
-            if trans is not None:
-                agg_x.index_add_(0, d, trans)
-        delta = None
-        if agg_x is not None:
-            delta = agg_x / count.clamp_min(1).unsqueeze(-1) if self.coord_agg == "mean" else agg_x
-        parts = [h, agg_h] if node_attr is None else [h, agg_h, node_attr]
-        out = self.node_mlp[1](self.act(self.node_mlp[0](torch.cat(parts, dim=-1))))
-        if self.residual:
-            out = h + out
-        return out, delta, count
-
-    def _chunk_messages(self, h, pos, s, d, a, proj):
-        return self._messages(h, pos, s, d, a, proj)
-
-
-class ChunkCheckpointEGCL(InplaceEGCL):
-    """:class:`InplaceEGCL` that also recomputes each chunk's messages in the backward pass.
-
-    ``EGNN(checkpoint=True)`` checkpoints whole layers, so the backward of one layer still holds the
-    activations of *all* its edges (about eight ``[E, H]`` tensors: 13 GiB at ``N = 10^5``). Checkpointing each
-    chunk's :meth:`_messages` keeps only its inputs (shared ``h``, ``pos``, ``proj`` and the index slices), so a
-    training step needs ``O(N H + chunk H)`` memory like inference, for one extra message evaluation.
-    """
-
-    def _chunk_messages(self, h, pos, s, d, a, proj):
-        if torch.is_grad_enabled():
-            return activation_checkpoint(self._messages, h, pos, s, d, a, proj, use_reentrant=False)
-        return self._messages(h, pos, s, d, a, proj)
-
-
-VARIANTS: dict[str, type[EGCL]] = {"core": EGCL, "inplace": InplaceEGCL, "chunkckpt": ChunkCheckpointEGCL}
-
-
-def build_model(variant: str, chunk: int, checkpoint: bool, layers: int = 4, hidden: int = 64) -> EGNN:
-    """The benchmarked model: ``EGNN(1, hidden, layers)`` with ``chunk_size=chunk``; ``inplace`` swaps layers."""
+def build_model(chunk: int, checkpoint: bool, checkpoint_chunks: bool, layers: int = 4, hidden: int = 64) -> EGNN:
+    """The benchmarked model: ``EGNN(1, hidden, layers)`` with ``chunk_size=chunk``."""
     torch.manual_seed(0)
-    model = EGNN(1, hidden, layers, chunk_size=chunk, checkpoint=checkpoint)
-    if variant != "core":
-        for i, old in enumerate(model.layers):
-            new = VARIANTS[variant](hidden, hidden, hidden, chunk_size=chunk)
-            new.load_state_dict(old.state_dict())
-            model.layers[i] = new
-    return model
+    return EGNN(1, hidden, layers, chunk_size=chunk, checkpoint=checkpoint, checkpoint_chunks=checkpoint_chunks)
 
 
 def make_points(n: int, seed: int) -> Tensor:
@@ -199,11 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, required=True, help="number of points N")
     parser.add_argument("--degree", type=float, default=32.0, help="target mean in-degree")
     parser.add_argument("--chunk", type=int, default=1 << 18, help="edges per message chunk (chunk_size)")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="core", help="layer implementation")
+    parser.add_argument("--chunk-checkpoint", action="store_true", help="with --train: per-chunk checkpointing")
     parser.add_argument("--train", action="store_true", help="one training step with activation checkpointing")
     parser.add_argument("--no-checkpoint", action="store_true", help="with --train: disable checkpointing")
     parser.add_argument("--kdtree-only", action="store_true", help="time scipy cKDTree build + query only")
-    parser.add_argument("--check", action="store_true", help="also compare against the other variant (small N)")
+    parser.add_argument("--check", action="store_true", help="also compare against the unchunked model (small N)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -224,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     t_graph, c_graph = time.perf_counter() - t0, cpu_seconds() - c0
     num_edges = edge_index.shape[1]
     h = torch.ones(args.nodes, 1)
-    model = build_model(args.variant, args.chunk, checkpoint=args.train and not args.no_checkpoint)
+    model = build_model(args.chunk, checkpoint=args.train and not args.no_checkpoint,
+                        checkpoint_chunks=args.train and args.chunk_checkpoint)
 
     if args.train:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -249,11 +181,11 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("non-finite output")
         what = "forward"
         if args.check:
-            other = build_model("core" if args.variant == "inplace" else "inplace", args.chunk, False).eval()
+            other = build_model(args.nodes * 64, False, False).eval()  # one chunk: the unchunked path
             with torch.no_grad():
                 ref = other(h, pos, edge_index)
             err = max(float((ref.h - out.h).abs().max()), float((ref.pos - out.pos).abs().max()))
-            print(f"# max |difference| to the other variant: {err:.3g}", file=sys.stderr)
+            print(f"# max |difference| to the unchunked model: {err:.3g}", file=sys.stderr)
     threads = torch.get_num_threads()
     print(f"# graph: {c_graph:.1f} s CPU; {what}: {c_run:.1f} s CPU (user+sys, {threads} threads)", file=sys.stderr)
     print(

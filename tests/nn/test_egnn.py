@@ -189,3 +189,18 @@ def test_model_rejects_bad_options():
         EGNN(4, 8, coord_agg="max")
     with pytest.raises(ValueError, match="velocity=True needs update_coords"):
         EGNN(4, 8, velocity=True, update_coords=False)
+
+
+def test_chunk_checkpointing_gives_same_outputs_and_gradients():
+    base = make_model(torch.float64, attention=True)
+    chunked = EGNN.from_config({**base.config.to_dict(), "chunk_size": 7, "checkpoint_chunks": True}).double()
+    chunked.load_state_dict(base.state_dict())
+    inp = model_inputs(base, 3, torch.float64)
+    outs = []
+    for m in (base, chunked):
+        out = m(**inp)
+        (out.pos.pow(2).sum() + out.h.pow(2).sum()).backward()
+        outs.append(out)
+    assert torch.allclose(outs[0].pos, outs[1].pos, atol=1e-12, rtol=0)
+    for p1, p2 in zip(base.parameters(), chunked.parameters()):
+        assert torch.allclose(p1.grad, p2.grad, atol=1e-10, rtol=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from egnn.nn.validation import check_graph_inputs
 from egnn.ops.scatter import scatter_count
@@ -63,6 +64,8 @@ class EGCL(nn.Module):
         fast: per-node projection form of the first linear map of :math:`\phi_e` (see above).
         chunk_size: compute and scatter messages in chunks of this many edges (bounded memory for huge
             graphs; same result). ``None`` processes all edges at once.
+        checkpoint_chunks: when gradients are on, recompute each chunk's messages in the backward pass instead
+            of storing them, so a training step needs ``O(N H + chunk H)`` memory like inference.
 
     Shapes:
         - **input:** ``h`` ``[N, in_channels]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
@@ -88,6 +91,7 @@ class EGCL(nn.Module):
         norm_eps: float = 1e-8,
         fast: bool = True,
         chunk_size: int | None = None,
+        checkpoint_chunks: bool = False,
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -104,6 +108,7 @@ class EGCL(nn.Module):
         self.residual, self.attention, self.normalize = residual, attention, normalize
         self.tanh, self.coords_range, self.coord_agg = tanh, float(coords_range), coord_agg
         self.update_coords, self.norm_eps, self.fast, self.chunk_size = update_coords, norm_eps, fast, chunk_size
+        self.checkpoint_chunks = checkpoint_chunks
 
         self.act = make_activation(act)
         # phi_e: Linear([h_i, h_j, r_ij, a_ij]) -> act -> Linear -> act
@@ -184,7 +189,10 @@ class EGCL(nn.Module):
             sl = slice(start, min(start + chunk, num_edges))
             s, d = src[sl], dst[sl]
             a = edge_attr[sl] if edge_attr is not None else None
-            m, trans = self._messages(h, pos, s, d, a, proj)
+            if self.checkpoint_chunks and torch.is_grad_enabled():
+                m, trans = activation_checkpoint(self._messages, h, pos, s, d, a, proj, use_reentrant=False)
+            else:
+                m, trans = self._messages(h, pos, s, d, a, proj)
             agg_h.index_add_(0, d, m)  # in place: a fresh buffer, no N x H copy per chunk
             if trans is not None:
                 agg_x.index_add_(0, d, trans)

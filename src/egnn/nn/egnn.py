@@ -39,6 +39,7 @@ class EGNNConfig:
     fast: bool = True
     chunk_size: int | None = None
     checkpoint: bool = False
+    checkpoint_chunks: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +91,8 @@ class EGNN(nn.Module):
         velocity: use :class:`EGCLVel` layers (eq. 7); ``vel`` becomes a required input.
         update_coords: ``False`` gives an invariant model (positions used only through distances).
         checkpoint: recompute each layer in the backward pass (activation checkpointing) to save memory.
+        checkpoint_chunks: recompute each edge chunk's messages in the backward pass (with ``chunk_size``):
+            training memory ``O(N H + chunk H)`` per layer, for one extra message evaluation.
 
     Shapes:
         - **input:** ``h`` ``[N, in_node_nf]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
@@ -115,7 +118,7 @@ class EGNN(nn.Module):
                 node_attr_dim=in_node_nf if c.node_attr else 0, act=c.act, residual=c.residual,
                 attention=c.attention, normalize=c.normalize, tanh=c.tanh, coords_range=c.coords_range,
                 coord_agg=c.coord_agg, update_coords=c.update_coords, norm_eps=c.norm_eps, fast=c.fast,
-                chunk_size=c.chunk_size,
+                chunk_size=c.chunk_size, checkpoint_chunks=c.checkpoint_chunks,
             )
             for _ in range(n_layers)
         )
