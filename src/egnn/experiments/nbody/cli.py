@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("checkpoint")
     r.add_argument("--data", default="data/nbody_small")
     r.add_argument("--index", type=int, default=0, help="test trajectory")
-    r.add_argument("--steps", type=int, default=1, help="number of model applications")
+    r.add_argument("--start", type=int, default=30, help="first frame (the model was trained on 30 -> 40)")
+    r.add_argument("--steps", type=int, default=1, help="number of model applications, 10 frames each")
     r.add_argument("--out", default="rollout.png")
     r.set_defaults(func=_rollout)
 
@@ -121,9 +122,12 @@ def _rollout(args: argparse.Namespace) -> int:
     if not 0 <= args.index < test["loc"].shape[0]:
         raise CLIError(f"--index must be in [0, {test['loc'].shape[0]})")
     i = args.index
+    last = args.start + 10 * args.steps
+    if args.start < 0 or args.steps < 1 or last >= test["loc"].shape[1]:
+        raise CLIError(f"frames {args.start} -> {last} are outside the {test['loc'].shape[1]} stored frames")
     pred, true = rollout(model, NBODY_MODELS.get(meta["model"]).predict, test["loc"][i], test["vel"][i],
-                         test["charges"][i], n_steps=args.steps)
-    plot_rollout(pred, true, args.out, f"{meta['model']}: test trajectory {i}, frames 30 -> {30 + 10 * args.steps}")
+                         test["charges"][i], start=args.start, n_steps=args.steps)
+    plot_rollout(pred, true, args.out, f"{meta['model']}: test trajectory {i}, frames {args.start} -> {last}")
     err = ((pred[1:] - true[1:]) ** 2).mean(dim=(1, 2)).tolist()
     print(f"MSE per step: {[round(e, 5) for e in err]}; plot: {args.out}")
     return 0
