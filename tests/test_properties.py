@@ -50,15 +50,6 @@ BREAKAGES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny graphs: one intra-op thread is faster than two and does not stall on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @st.composite
 def calls(draw):
     """A model (EGNN or a single EGCL) and keyword inputs for it, possibly broken in one documented way."""

@@ -16,16 +16,6 @@ from egnn.ops import collate, fully_connected_edges, radius_graph, sizes_to_batc
 from egnn.ops.batch import Graph
 from egnn.testing import assert_equivariant
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These graphs are tiny: one intra-op thread is faster than two and does not stall on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 RECOMMENDED = {"normalize": True, "tanh": True, "coords_range": 3.0, "coord_agg": "mean"}
 PAPER: dict[str, object] = {}
 

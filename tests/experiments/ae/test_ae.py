@@ -242,16 +242,9 @@ def test_registry_and_paper_numbers():
 
 
 # --- training ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    # tiny workloads on a shared, loaded machine run much faster (and steadier) on a single thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-def test_tiny_training_run_improves(tmp_path, one_thread):
+def test_tiny_training_run_improves(tmp_path):
     sizes = {"train": 30, "valid": 10, "test": 10}
     hp = {"hidden_nf": 16, "n_layers": 2}
     splits = load_ae_dataset("erdos_renyi", sizes)

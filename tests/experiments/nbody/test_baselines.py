@@ -32,15 +32,6 @@ SMALL = {
 EQUIVARIANT = ("linear", "rf", "tfn", "se3_transformer")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast and avoids thread contention on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build(name: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
     torch.manual_seed(0)
     return NBODY_MODELS.get(name).build(**SMALL[name]).to(dtype)
