@@ -23,6 +23,18 @@ class CLIError(Exception):
     """A user error: printed without a traceback, exit code 2."""
 
 
+def add_trainer_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags every ``train`` action shares (they map onto :class:`egnn.experiments.trainer.TrainConfig`)."""
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (after an evaluation) past this wall time")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="egnn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from egnn.experiments.cli import CLIError
+from egnn.experiments.cli import CLIError, add_trainer_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,14 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dataset", default="community", help=f"one of: {', '.join(AE_DATASETS.names())}")
     t.add_argument("--preset", default="quick", help=f"one of: {', '.join(sorted(PRESETS))}")
     t.add_argument("--out", default=None, help="run directory (default runs/ae_<dataset>_<model>_<preset>)")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
-    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true")
+    add_trainer_arguments(t)
     t.set_defaults(func=_train)
 
     tb = sub.add_parser("table", help="train the four models on both data sets; print the table next to the paper's")

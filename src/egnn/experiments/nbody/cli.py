@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from egnn.experiments.cli import CLIError
+from egnn.experiments.cli import CLIError, add_trainer_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,15 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dataset", default="small", choices=["small", "large"])
     t.add_argument("--out", default=None, help="run directory (default runs/nbody_<model>_<preset>)")
     t.add_argument("--max-samples", type=int, default=3000, help="training trajectories used (paper: 3000)")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
-    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    add_trainer_arguments(t)
     t.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="test MSE and forward time (batch of 100) of a checkpoint")

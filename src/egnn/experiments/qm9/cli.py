@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from egnn.experiments.cli import CLIError
+from egnn.experiments.cli import CLIError, add_trainer_arguments
 
 DEFAULT_OUT = "data/qm9"
 
@@ -95,20 +95,13 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", required=True, metavar="NAME", help=f"one of: {', '.join(TARGET_NAMES)}")
     p.add_argument("--preset", default="quick", metavar="paper|quick", help="training recipe (default: quick)")
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training molecules")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (cosine spans them)")
     p.add_argument("--data", default=DEFAULT_OUT, help=f"folder of the prepared cache (default: {DEFAULT_OUT})")
     p.add_argument("--out", default=None, help="run directory (default: runs/qm9_<target>_<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
-    p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None, help="evaluate valid/test every E epochs")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (after an evaluation) past this")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps")
     p.add_argument("--ema-decay", type=float, default=None, help="weight averaging for evaluation (0: off)")
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    p.add_argument("--no-progress", action="store_true")
+    add_trainer_arguments(p)
     p.set_defaults(func=_run_train)
 
 
