@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--minutes", type=float, default=4.0, help="training budget in minutes")
     demo.set_defaults(func=_demo)
+    _add_threads(demo)
     for name, (module, help_text) in EXPERIMENTS.items():
         p = sub.add_parser(name, help=help_text)
         actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -49,7 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
             importlib.import_module(module).register(actions)
         except ModuleNotFoundError as err:  # an optional extra is missing
             p.set_defaults(func=_missing(name, err))
+        for leaf in actions.choices.values():
+            _add_threads(leaf)
     return parser
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    # Every command takes it: on a shared machine, torch's default (one thread per core) can oversubscribe the
+    # cores, and spin-waiting OpenMP threads then slow a job down many times over.
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's own choice, usually one per core)")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise CLIError(f"--threads must be a positive integer, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _missing(name: str, err: Exception):
@@ -72,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _set_threads(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except CLIError as err:
         print(f"egnn: error: {err}", file=sys.stderr)
