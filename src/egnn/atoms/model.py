@@ -1,0 +1,392 @@
+r"""An invariant EGNN for energies (and forces ``F = -dE/dx``) of molecules and materials, with everything needed to
+predict stored with it: species map, per-element reference energies, normalisation, cut-off.
+
+The network is the paper's invariant EGNN (as for QM9, `arXiv:2102.09844 <https://arxiv.org/abs/2102.09844>`_,
+Section 5.3): a one-hot species embedding, ``n_layers`` :class:`~egnn.nn.EGCL` layers without coordinate update
+(positions enter through :math:`\|x_i - (x_j + s_{ij})\|^2`, with periodic image shifts :math:`s_{ij}`), edge
+inference and node attributes, then a per-atom head whose outputs are summed (an extensive readout):
+
+.. math::
+    E = \sum_i \big(\sigma\, \epsilon_i + \mu + E^{ref}_{Z_i}\big)
+
+with :math:`E^{ref}` fitted by least squares on the training set's compositions, :math:`\mu` the mean per-atom
+residual and :math:`\sigma` its scale (the RMS force component when forces are fitted, else the standard deviation
+of the per-atom residual energy). With a cut-off, each message is multiplied by the polynomial envelope
+:math:`u(d/R)` of DimeNet (Gasteiger et al., 2020), which goes to zero with its first and second derivatives at
+:math:`R`, and the edges also carry :math:`n_{rbf}` sine (Bessel) radial features :math:`\sin(k \pi d / R) / d`; so
+energy and forces are continuous when atoms cross the cut-off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from egnn.nn.egcl import EGCL, make_activation
+from egnn.ops.scatter import scatter_sum
+
+ELEMENTS = (
+    "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr Rb Sr Y Zr "
+    "Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt "
+    "Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc "
+    "Lv Ts Og"
+).split()
+
+MODEL_KIND = "egnn-atoms"
+
+
+def element_name(z: int) -> str:
+    return ELEMENTS[z] if 0 < z < len(ELEMENTS) else f"Z={z}"
+
+
+def polynomial_envelope(x: Tensor, p: int = 6) -> Tensor:
+    r"""DimeNet's envelope :math:`u(x) = 1 - \frac{(p+1)(p+2)}{2} x^p + p(p+2) x^{p+1} - \frac{p(p+1)}{2} x^{p+2}`
+    for :math:`x < 1`, zero beyond; :math:`u(1) = u'(1) = u''(1) = 0`."""
+    xp = x.pow(p)
+    u = 1 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
+    return torch.where(x < 1, u, torch.zeros_like(u))
+
+
+def bessel_basis(d: Tensor, cutoff: float, n: int) -> Tensor:
+    r""":math:`\sqrt{2/R}\,\sin(k \pi d / R) / d` for :math:`k = 1..n`, shape ``[E, n]``."""
+    k = torch.arange(1, n + 1, device=d.device, dtype=d.dtype)
+    return math.sqrt(2.0 / cutoff) * torch.sin(k * math.pi * d.unsqueeze(-1) / cutoff) / d.unsqueeze(-1)
+
+
+class EnvelopeEGCL(EGCL):
+    """:class:`~egnn.nn.EGCL` whose messages :math:`m_{ij}` are multiplied by a per-edge weight.
+
+    The weight travels as the last column of ``edge_attr`` (so it is chunked with the edges); the other columns are
+    the layer's ordinary edge attributes (``edge_dim`` of them). Used through :meth:`propagate`.
+    """
+
+    def _messages(self, h, pos, src, dst, edge_attr, proj, *args, **kwargs):  # type: ignore[override]
+        weight = edge_attr[:, -1:]
+        attr = edge_attr[:, :-1] if edge_attr.shape[1] > 1 else None
+        m, trans = super()._messages(h, pos, src, dst, attr, proj, *args, **kwargs)
+        return m * weight, trans
+
+
+@dataclass
+class AtomsModelConfig:
+    """Architecture and data statistics of an :class:`AtomsModel` (stored as JSON with its weights).
+
+    Attributes:
+        species: atomic numbers of the training set (sorted); the one-hot embedding follows this order.
+        cutoff: neighbour radius in Angstrom (``None``: complete graphs, non-periodic data only).
+        images: periodic images beyond the minimum image.
+        hidden_nf, n_layers, attention, node_attr, act: as in :class:`~egnn.nn.EGNN`.
+        n_rbf: sine radial features per edge (with a cut-off).
+        envelope_exponent: ``p`` of :func:`polynomial_envelope`.
+        readout: ``"sum"`` (extensive, energies) or ``"mean"`` of the per-atom outputs.
+        ref_energies: per-species reference energy (same order as ``species``).
+        scale, shift: :math:`\\sigma`, :math:`\\mu` of the module docstring.
+        target: key of the graph-level target; ``forces``: key of the forces (or ``None``).
+    """
+
+    species: list[int]
+    cutoff: float | None = 5.0
+    images: bool = True
+    hidden_nf: int = 64
+    n_layers: int = 4
+    n_rbf: int = 8
+    envelope_exponent: int = 6
+    attention: bool = True
+    node_attr: bool = True
+    act: str = "silu"
+    readout: str = "sum"
+    ref_energies: list[float] = field(default_factory=list)
+    scale: float = 1.0
+    shift: float = 0.0
+    target: str = "energy"
+    forces: str | None = None
+
+    def __post_init__(self) -> None:
+        self.species = [int(z) for z in self.species]
+        if not self.species or sorted(set(self.species)) != self.species or self.species[0] < 1 or self.species[-1] > 118:
+            raise ValueError(f"species must be sorted distinct atomic numbers in 1..118, got {self.species}")
+        if not self.ref_energies:
+            self.ref_energies = [0.0] * len(self.species)
+        if len(self.ref_energies) != len(self.species):
+            raise ValueError(f"{len(self.ref_energies)} reference energies for {len(self.species)} species")
+        if self.cutoff is not None and not self.cutoff > 0:
+            raise ValueError(f"cutoff must be positive or None, got {self.cutoff}")
+        if self.readout not in ("sum", "mean"):
+            raise ValueError(f"readout must be 'sum' or 'mean', got {self.readout!r}")
+        if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.shift)):
+            raise ValueError(f"scale must be positive and finite, shift finite; got {self.scale}, {self.shift}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AtomsModelConfig:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown AtomsModelConfig field(s): {unknown}")
+        return cls(**d)
+
+
+class AtomsModel(nn.Module):
+    """Energy model for atomic structures; see the module docstring.
+
+    Args:
+        config: an :class:`AtomsModelConfig`.
+
+    Shapes (:meth:`forward`):
+        - **input:** ``z`` ``[N]`` atomic numbers, ``pos`` ``[N, 3]``, ``edge_index`` ``[2, E]``, ``edge_shift``
+          ``[E, 3]`` (or ``None``), ``batch`` ``[N]`` (sorted; ``None`` for one structure)
+        - **output:** energy per structure ``[B]``
+    """
+
+    def __init__(self, config: AtomsModelConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        s = len(c.species)
+        table = torch.full((119,), -1, dtype=torch.long)
+        table[c.species] = torch.arange(s)
+        self.register_buffer("species_table", table, persistent=False)
+        self.register_buffer("ref_energies", torch.tensor(c.ref_energies, dtype=torch.float64), persistent=False)
+        self.n_rbf = c.n_rbf if c.cutoff is not None else 0
+        self.embedding = nn.Linear(s, c.hidden_nf)
+        self.layers = nn.ModuleList(
+            EnvelopeEGCL(c.hidden_nf, c.hidden_nf, c.hidden_nf, edge_dim=self.n_rbf,
+                         node_attr_dim=s if c.node_attr else 0, act=c.act, residual=True, attention=c.attention,
+                         update_coords=False)
+            for _ in range(c.n_layers)
+        )
+        self.act = make_activation(c.act)
+        self.head = nn.ModuleList([nn.Linear(c.hidden_nf, c.hidden_nf), nn.Linear(c.hidden_nf, 1)])
+
+    @property
+    def cutoff(self) -> float | None:
+        return self.config.cutoff
+
+    @property
+    def species(self) -> list[int]:
+        return list(self.config.species)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"species={[element_name(z) for z in c.species]}, cutoff={c.cutoff}, target={c.target!r}, "
+                f"forces={c.forces!r}")
+
+    # --- inputs -----------------------------------------------------------------------------------------------
+    def species_index(self, z: Tensor) -> Tensor:
+        """Index of each atomic number in :attr:`species`; ``ValueError`` for elements not trained on."""
+        z = z.long()
+        if z.numel() and (int(z.min()) < 1 or int(z.max()) > 118):
+            raise ValueError(f"atomic numbers must be in 1..118, got {int(z.min())}..{int(z.max())}")
+        idx = self.species_table[z]
+        if bool((idx < 0).any()):
+            unseen = sorted({int(v) for v in z[idx < 0].tolist()})
+            raise ValueError(
+                f"element(s) {', '.join(f'{element_name(v)} (Z={v})' for v in unseen)} not in the training set "
+                f"(trained on: {', '.join(element_name(v) for v in self.config.species)})")
+        return idx
+
+    def edge_features(self, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None) -> Tensor:
+        """``[E, n_rbf + 1]``: radial features and the envelope weight (1 without a cut-off)."""
+        src, dst = edge_index[0], edge_index[1]
+        vec = pos.index_select(0, dst) - pos.index_select(0, src)
+        if edge_shift is not None:
+            vec = vec - edge_shift
+        c = self.config
+        if c.cutoff is None:
+            return pos.new_ones(vec.shape[0], 1)
+        d = torch.sqrt((vec * vec).sum(-1).clamp_min(1e-12))
+        weight = polynomial_envelope(d / c.cutoff, c.envelope_exponent).unsqueeze(-1)
+        return torch.cat([bessel_basis(d, c.cutoff, self.n_rbf), weight], dim=-1)
+
+    # --- forward ----------------------------------------------------------------------------------------------
+    def atom_energies(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:
+        """Per-atom contributions :math:`\\sigma \\epsilon_i + \\mu + E^{ref}_{Z_i}`, shape ``[N]``."""
+        c = self.config
+        idx = self.species_index(z)
+        h0 = nn.functional.one_hot(idx, len(c.species)).to(pos.dtype)
+        edge_index = edge_index.long()
+        attr = self.edge_features(pos, edge_index, edge_shift)
+        x = self.embedding(h0)
+        node_attr = h0 if c.node_attr else None
+        for layer in self.layers:
+            x, _, _ = layer.propagate(x, pos, edge_index, attr, node_attr, None, edge_shift)
+        eps = self.head[1](self.act(self.head[0](x))).squeeze(-1)
+        return c.scale * eps + c.shift + self.ref_energies.to(pos.dtype)[idx]
+
+    def forward(
+        self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None,
+        batch: Tensor | None = None, num_graphs: int | None = None,
+    ) -> Tensor:
+        e = self.atom_energies(z, pos, edge_index, edge_shift)
+        if batch is None:
+            batch = torch.zeros(e.shape[0], dtype=torch.long, device=e.device)
+            num_graphs = 1
+        elif num_graphs is None:
+            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        total = scatter_sum(e, batch, num_graphs)
+        if self.config.readout == "mean":
+            count = scatter_sum(torch.ones_like(e), batch, num_graphs)
+            total = total / count.clamp_min(1)
+        return total
+
+    def energy_and_forces(
+        self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None,
+        batch: Tensor | None = None, num_graphs: int | None = None, forces: bool = True, create_graph: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Energies ``[B]`` and forces ``-dE/dpos`` ``[N, 3]`` (autograd; ``create_graph`` to train on them)."""
+        if not forces:
+            return self(z, pos, edge_index, edge_shift, batch, num_graphs), None
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            energy = self(z, pos, edge_index, edge_shift, batch, num_graphs)
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+        return (energy if create_graph else energy.detach()), -grad
+
+    def predict_batch(self, b: Any, forces: bool = True, create_graph: bool = False) -> tuple[Tensor, Tensor | None]:
+        """:meth:`energy_and_forces` of an :class:`~egnn.atoms.graphs.AtomsBatch`."""
+        return self.energy_and_forces(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, b.num_graphs, forces,
+                                      create_graph)
+
+    @torch.no_grad()
+    def predict(self, data: Any, forces: bool | None = None, batch_size: int = 64,
+                progress: bool = False) -> dict[str, np.ndarray]:
+        """Predict an :class:`~egnn.atoms.data.AtomsData` (or :class:`~egnn.atoms.graphs.AtomsGraphs`).
+
+        Returns:
+            ``{"energy": [F], "forces": [N, 3]}`` (float64 numpy; ``forces`` when ``forces`` is true, by default
+            when the model was trained on forces).
+        """
+        from tqdm.auto import tqdm
+
+        from egnn.atoms.graphs import AtomsGraphs
+
+        forces = self.config.forces is not None if forces is None else forces
+        param = next(self.parameters())
+        graphs = data if isinstance(data, AtomsGraphs) else None
+        if graphs is None:
+            check_species(data, self.config.species)
+            graphs = AtomsGraphs(data, self.config.cutoff, self.config.images, dtype=param.dtype)
+        was = self.training
+        self.eval()
+        energies, forces_out = [], []
+        n = len(graphs)
+        for start in tqdm(range(0, n, batch_size), desc="predict", disable=not progress, leave=False):
+            b = graphs.get(torch.arange(start, min(n, start + batch_size)), param.device)
+            e, f = self.predict_batch(b, forces)
+            energies.append(e.double().cpu().numpy())
+            if f is not None:
+                forces_out.append(f.double().cpu().numpy())
+        self.train(was)
+        out = {"energy": np.concatenate(energies)}
+        if forces:
+            out["forces"] = np.concatenate(forces_out)
+        return out
+
+
+def check_species(data: Any, species: list[int]) -> None:
+    """``ValueError`` naming the file, frame and key ``numbers`` of the first atom whose element is not in
+    ``species``."""
+    known = np.zeros(119, dtype=bool)
+    known[species] = True
+    bad = ~known[np.clip(data.z, 0, 118)]
+    if bad.any():
+        atom = int(np.flatnonzero(bad)[0])
+        frame = int(np.searchsorted(data.offsets, atom, side="right") - 1)
+        z = int(data.z[atom])
+        raise ValueError(f"{data.source}: frame {frame}: key 'numbers': element {element_name(z)} (Z={z}) is not in "
+                         f"the training set (trained on: {', '.join(element_name(v) for v in species)})")
+
+
+# ------------------------------------------------------------------------------------------ data statistics
+
+
+def composition(data: Any, species: list[int]) -> np.ndarray:
+    """Atom counts per frame and species ``[F, S]``."""
+    index = np.full(119, -1, dtype=np.int64)
+    index[species] = np.arange(len(species))
+    frame = np.repeat(np.arange(len(data)), data.n_atoms)
+    counts = np.zeros((len(data), len(species)))
+    np.add.at(counts, (frame, index[data.z]), 1.0)
+    return counts
+
+
+def fit_statistics(data: Any, species: list[int] | None = None, reference: bool = True,
+                   readout: str = "sum") -> dict[str, Any]:
+    """Reference energies (least squares on the compositions), shift and scale from a training set.
+
+    Returns:
+        ``{"species", "ref_energies", "shift", "scale"}`` for :class:`AtomsModelConfig`.
+    """
+    if data.energy is None:
+        raise ValueError(f"{data.source}: no target values to fit the normalisation on")
+    species = species or data.elements()
+    counts = composition(data, species)
+    n = data.n_atoms.astype(np.float64)
+    energy = data.energy.astype(np.float64)
+    if reference and readout == "sum":
+        ref, *_ = np.linalg.lstsq(counts, energy, rcond=None)
+    else:
+        ref = np.zeros(len(species))
+    per_atom = (energy - counts @ ref) / n if readout == "sum" else energy - counts @ ref
+    shift = float(per_atom.mean())
+    if data.forces is not None and readout == "sum":
+        scale = float(np.sqrt(np.mean(data.forces**2)))
+    else:
+        scale = float(per_atom.std())
+    if not (math.isfinite(scale) and scale > 1e-12):
+        scale = 1.0
+    return {"species": [int(s) for s in species], "ref_energies": [float(r) for r in ref], "shift": shift,
+            "scale": scale}
+
+
+# ---------------------------------------------------------------------------------------------- persistence
+
+
+def save_model(model: AtomsModel, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write a stand-alone checkpoint (``path.safetensors`` + ``path.json``) readable by :func:`load_model`."""
+    from egnn.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, {"model": model.state_dict()},
+                           {**(meta or {}), "kind": MODEL_KIND, "model": model.config.to_dict()})
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder means its ``best`` checkpoint; ``x.json`` / ``x.safetensors`` mean ``x``."""
+    p = Path(path)
+    if p.is_dir():
+        return p / "best"
+    return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> AtomsModel:
+    """The trained :class:`AtomsModel` of a checkpoint (a run folder means its ``best``), in eval mode.
+
+    The module holds the species map, reference energies, normalisation and cut-off, so it predicts from atomic
+    numbers and positions alone (:meth:`AtomsModel.predict`, :class:`egnn.ase.EGNNCalculator`).
+
+    Raises:
+        CheckpointError: missing, corrupt, or not an atoms model.
+    """
+    from egnn.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+
+    ckpt = resolve_checkpoint(path)
+    tree, meta = load_checkpoint(ckpt, map_location="cpu")
+    if meta.get("kind") != MODEL_KIND or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{ckpt} is not an egnn atoms model (kind={json.dumps(meta.get('kind'))})")
+    try:
+        model = AtomsModel(AtomsModelConfig.from_dict(meta["model"]))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{ckpt}: invalid model config: {err}") from None
+    state = tree.get("model") if isinstance(tree, dict) else None
+    load_state_dict_strict(model, state, what="atoms model")
+    if dtype is not None:
+        model = model.to(dtype)
+    model.meta = meta  # type: ignore[attr-defined]
+    return model.to(device).eval()
