@@ -17,6 +17,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "ae": ("egnn.experiments.ae.cli", "graph autoencoder (paper Section 5.2)"),
     "qm9": ("egnn.experiments.qm9.cli", "QM9 molecular property prediction (paper Table 3)"),
 }
+# modules whose ``register(subparsers)`` adds top-level commands (``egnn fit``, ``egnn predict`` ...)
+COMMANDS: tuple[str, ...] = ("egnn.experiments.fit.cli",)
 
 
 class CLIError(Exception):
@@ -52,7 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=_missing(name, err))
         for leaf in actions.choices.values():
             _add_threads(leaf)
+    for module in COMMANDS:
+        before = set(sub.choices)
+        importlib.import_module(module).register(sub)
+        for name in set(sub.choices) - before:
+            _add_threads_to_leaves(sub.choices[name])
     return parser
+
+
+def _add_threads_to_leaves(p: argparse.ArgumentParser) -> None:
+    nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        _add_threads(p)
+    for action in nested:
+        for leaf in action.choices.values():
+            _add_threads_to_leaves(leaf)
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:

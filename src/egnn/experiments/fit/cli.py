@@ -1,0 +1,233 @@
+"""``egnn fit`` / ``egnn predict`` / ``egnn eval`` / ``egnn example emt``: an energy/force EGNN on your own data.
+
+Each command is an ``_add_<name>(subparsers)`` function that adds its parser and sets ``func`` to
+``_run_<name>(args) -> int``; :func:`register` adds all of them to the top-level ``egnn`` parser. Heavy modules are
+imported inside the run functions. User errors become :class:`~egnn.experiments.cli.CLIError` (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+from egnn.experiments.cli import CLIError, add_trainer_arguments
+
+# optimisation defaults of `egnn fit` (TrainConfig fields); measured on the EMT example (docs/own_data.md)
+FIT_DEFAULTS: dict[str, Any] = {
+    "epochs": 200, "batch_size": 16, "lr": 2e-3, "schedule": "cosine", "final_lr_ratio": 0.02,
+    "warmup_steps": 50, "ema_decay": 0.99, "eval_every": 5, "checkpoint_every": 5, "eval_batch_size": 64,
+    "weight_decay": 0.0, "seed": 0,
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fit``, ``predict``, ``eval`` and ``example`` to the top-level ``egnn`` parser."""
+    for add in _COMMANDS:
+        add(subparsers)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from egnn.atoms.data import AtomsDataError
+    from egnn.atoms.neighbors import NeighborError
+    from egnn.checkpoint import CheckpointError
+    from egnn.experiments.fit.train import FitError
+
+    return (AtomsDataError, NeighborError, CheckpointError, FitError, ValueError, FileExistsError)
+
+
+def _cutoff(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a distance in Angstrom or 'none', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _dtype(name: str):
+    import torch
+
+    table = {"float32": torch.float32, "float64": torch.float64}
+    if name not in table:
+        raise CLIError(f"--dtype must be float32 or float64, got {name!r}")
+    return table[name]
+
+
+# ------------------------------------------------------------------------------------------------------ fit
+
+
+def _add_fit(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "fit", help="train an energy/force EGNN on your own data (any ASE-readable file)",
+        description="Fit the invariant EGNN to a graph-level target (an energy) and optionally forces (-dE/dx) read "
+        "from atoms.info, atoms.arrays or the calculator results of every frame. Writes RUN/best (load with "
+        "egnn.load_model or egnn.ase.EGNNCalculator), log.csv, summary.json and parity plots.",
+    )
+    p.add_argument("--data", required=True, metavar="TRAIN", help="training file (extxyz, ASE .db, .traj ...)")
+    p.add_argument("--valid", default=None, metavar="FILE", help="validation file (default: --valid-fraction of TRAIN)")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="held-out fraction of TRAIN (default 0.1)")
+    p.add_argument("--test", default=None, metavar="FILE", help="test file, evaluated with the best model")
+    p.add_argument("--target", default="energy", metavar="KEY", help="graph-level target key (default: energy)")
+    p.add_argument("--forces", default=None, metavar="KEY", help="per-atom forces key: train on F = -dE/dx too")
+    p.add_argument("--cutoff", type=_cutoff, default=5.0, metavar="R|none",
+                   help="neighbour radius in Angstrom (default 5); 'none': complete graphs (non-periodic data)")
+    p.add_argument("--no-images", action="store_true",
+                   help="minimum-image convention: refuse a cutoff above half the shortest cell height")
+    p.add_argument("--energy-weight", type=float, default=1.0, help="w_E of the loss (default 1)")
+    p.add_argument("--forces-weight", type=float, default=1.0, help="w_F of the loss (default 1)")
+    p.add_argument("--hidden", type=int, default=64, help="features per layer (default 64)")
+    p.add_argument("--layers", type=int, default=4, help="EGCL layers (default 4)")
+    p.add_argument("--rbf", type=int, default=8, help="radial features per edge (default 8)")
+    p.add_argument("--no-attention", action="store_true", help="turn edge inference off")
+    p.add_argument("--readout", default="sum", choices=["sum", "mean"], help="sum (energies, default) or mean")
+    p.add_argument("--no-reference", action="store_true", help="do not fit per-element reference energies")
+    p.add_argument("--cache", default="data/cache", metavar="DIR", help="parsed-data cache folder (default data/cache)")
+    p.add_argument("--no-cache", action="store_true", help="parse the files every time")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or float64")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder (new or empty; or an existing run with --resume)")
+    p.add_argument("--eval-every", type=int, default=None, help=f"epochs between evaluations ({FIT_DEFAULTS['eval_every']})")
+    p.add_argument("--ema-decay", type=float, default=None, help=f"weight averaging ({FIT_DEFAULTS['ema_decay']}; 0: off)")
+    p.add_argument("--warmup-steps", type=int, default=None)
+    add_trainer_arguments(p)
+    p.set_defaults(func=_run_fit)
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from egnn.experiments.fit import train as ft
+    from egnn.experiments.trainer import TrainConfig
+
+    plan = ft.FitPlan(
+        data=ft.DataOptions(train=args.data, target=args.target, forces=args.forces, valid=args.valid,
+                            valid_fraction=args.valid_fraction, test=args.test,
+                            cache_dir=None if args.no_cache else args.cache),
+        model=ft.ModelOptions(cutoff=args.cutoff, images=not args.no_images, hidden_nf=args.hidden,
+                              n_layers=args.layers, n_rbf=args.rbf, attention=not args.no_attention,
+                              readout=args.readout, reference=not args.no_reference),
+        loss=ft.LossOptions(energy_weight=args.energy_weight, forces_weight=args.forces_weight),
+    )
+    overrides = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+                 "max_minutes": args.max_minutes, "device": args.device, "eval_every": args.eval_every,
+                 "ema_decay": args.ema_decay, "warmup_steps": args.warmup_steps}
+    cfg = TrainConfig(**{**FIT_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}},
+                      progress=not args.no_progress)
+    cfg = replace(cfg, ema_decay=cfg.ema_decay or None)
+    for name in ("epochs", "batch_size", "eval_every"):
+        if getattr(cfg, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if min(args.hidden, args.layers + 1, args.rbf + 1) < 1 or args.energy_weight < 0 or args.forces_weight < 0:
+        raise CLIError("--hidden must be >= 1, --layers and --rbf >= 0, loss weights >= 0")
+    try:
+        result, summary = ft.fit(plan, cfg, args.out, resume=args.resume, dtype=_dtype(args.dtype))
+        ft.check_finite_summary(summary)
+    except _user_errors() as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps({k: summary[k] for k in ("fit", "valid", "test") if k in summary}, indent=1))
+    print(f"model: {args.out}/best (egnn.load_model, egnn.ase.EGNNCalculator, egnn predict/eval)")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- predict
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict", help="write a copy of a file with predicted <target>_pred (info) and <forces>_pred (arrays)")
+    p.add_argument("checkpoint", help="run folder (its best model) or checkpoint path")
+    p.add_argument("--data", required=True, metavar="FILE", help="structures to predict (any ASE-readable file)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output file (extxyz for .extxyz/.xyz); never overwritten")
+    p.add_argument("--no-forces", action="store_true", help="energies only")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from egnn.atoms.model import load_model
+    from egnn.experiments.fit import train as ft
+
+    try:
+        model = load_model(args.checkpoint, device=args.device)
+        res = ft.predict_file(model, args.data, args.out, args.batch_size,
+                              forces=False if args.no_forces else None)
+    except _user_errors() as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- eval
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="MAE and RMSE (energy, energy per atom, forces) of a model on a file, JSON")
+    p.add_argument("checkpoint", help="run folder (its best model) or checkpoint path")
+    p.add_argument("--data", required=True, metavar="FILE", help="labelled structures")
+    p.add_argument("--target", default=None, metavar="KEY", help="target key (default: the one trained on)")
+    p.add_argument("--forces", default=None, metavar="KEY", help="forces key (default: the one trained on)")
+    p.add_argument("--cache", default="data/cache", metavar="DIR")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from egnn.atoms.model import load_model
+    from egnn.experiments.fit import train as ft
+
+    try:
+        model = load_model(args.checkpoint, device=args.device)
+        res = ft.evaluate_model(model, args.data, args.target, args.forces,
+                                cache_dir=None if args.no_cache else args.cache, batch_size=args.batch_size)
+    except _user_errors() as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- example
+
+
+def _add_example(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("example", help="worked examples that need nothing from outside")
+    which = p.add_subparsers(dest="example", metavar="NAME", required=True)
+    emt = which.add_parser(
+        "emt", help="EMT alloy: generate, fit energies+forces, predict, relax (BFGS), NVE MD, parity plots",
+        description="Generates a periodic fcc alloy data set with ASE's EMT potential (rattled, strained cells), fits "
+        "an energy/force EGNN within --minutes, evaluates it on a held-out test set beside the mean-energy / "
+        "zero-force baselines, checks predict == calculator, relaxes a structure with BFGS and runs NVE MD.")
+    emt.add_argument("--out", default="runs/emt_example", help="output folder (new or empty)")
+    emt.add_argument("--elements", default="Cu,Au", help="comma-separated fcc metals of EMT (default Cu,Au)")
+    emt.add_argument("--train-frames", type=int, default=400)
+    emt.add_argument("--test-frames", type=int, default=100)
+    emt.add_argument("--minutes", type=float, default=6.0, help="training budget (default 6)")
+    emt.add_argument("--epochs", type=int, default=None, help="epochs of the cosine schedule (default: from a timing)")
+    emt.add_argument("--md-steps", type=int, default=500)
+    emt.add_argument("--seed", type=int, default=0, help="seed of the data and the fit")
+    emt.add_argument("--no-progress", action="store_true")
+    emt.set_defaults(func=_run_example_emt)
+
+
+def _run_example_emt(args: argparse.Namespace) -> int:
+    from egnn.experiments.fit import example
+
+    try:
+        elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
+        summary = example.run_emt_example(
+            args.out, elements=elements, train_frames=args.train_frames, test_frames=args.test_frames,
+            minutes=args.minutes, epochs=args.epochs, md_steps=args.md_steps, seed=args.seed,
+            progress=not args.no_progress)
+    except _user_errors() as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_fit, _add_predict, _add_eval, _add_example)

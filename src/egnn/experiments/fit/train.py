@@ -1,0 +1,351 @@
+"""Fit, evaluate and apply an energy/force EGNN on the user's own data (any ASE-readable file), on the shared trainer.
+
+Loss (per batch, in the model's normalised units :math:`\\sigma`, see :mod:`egnn.atoms.model`):
+
+.. math::
+    w_E \\cdot \\mathrm{mean}_b\\big((\\hat E_b - E_b) / (n_b \\sigma)\\big)^2
+    + w_F \\cdot \\mathrm{mean}_{i,k}\\big((\\hat F_{ik} - F_{ik}) / \\sigma\\big)^2
+
+with :math:`\\hat F = -\\partial \\hat E / \\partial x` by autograd (second-order gradients in training). The trainer's
+model-selection metric is the same weighted error summed per frame (lower is better); the physical MAE/RMSE are
+computed by :func:`evaluate_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from egnn.atoms.data import DEFAULT_CACHE_DIR, AtomsData, AtomsDataError, load_dataset
+from egnn.atoms.graphs import AtomsBatch, AtomsGraphs
+from egnn.atoms.model import MODEL_KIND, AtomsModel, AtomsModelConfig, check_species, fit_statistics
+from egnn.experiments.trainer import FitResult, Task, TrainConfig, Trainer
+from egnn.ops.scatter import scatter_sum
+
+
+class FitError(ValueError):
+    """A user error in the fit/predict/eval settings (one line)."""
+
+
+@dataclass
+class ModelOptions:
+    """Architecture options of ``egnn fit`` (see :class:`~egnn.atoms.model.AtomsModelConfig`)."""
+
+    cutoff: float | None = 5.0
+    images: bool = True
+    hidden_nf: int = 64
+    n_layers: int = 4
+    n_rbf: int = 8
+    attention: bool = True
+    node_attr: bool = True
+    act: str = "silu"
+    readout: str = "sum"
+    reference: bool = True  # fit per-element reference energies
+
+
+@dataclass
+class DataOptions:
+    """Where the data comes from and which keys hold the targets."""
+
+    train: str
+    target: str = "energy"
+    forces: str | None = None
+    valid: str | None = None
+    valid_fraction: float = 0.1
+    test: str | None = None
+    cache_dir: str | None = DEFAULT_CACHE_DIR
+    split_seed: int = 0
+
+
+@dataclass
+class LossOptions:
+    energy_weight: float = 1.0
+    forces_weight: float = 1.0
+
+
+@dataclass
+class FitPlan:
+    """Everything ``egnn fit`` needs besides the optimisation settings."""
+
+    data: DataOptions
+    model: ModelOptions = field(default_factory=ModelOptions)
+    loss: LossOptions = field(default_factory=LossOptions)
+
+
+# ------------------------------------------------------------------------------------------------- the task
+
+
+def batch_errors(model: nn.Module, b: AtomsBatch, use_forces: bool, create_graph: bool
+                 ) -> tuple[Tensor, Tensor | None]:
+    """Per-frame ``(E_pred - E) / n`` ``[B]`` and per-atom force errors ``[N, 3]`` (or ``None``)."""
+    core: AtomsModel = getattr(model, "module", model)  # DDP / AveragedModel wrap the model as .module
+    energy, forces = core.energy_and_forces(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, b.num_graphs,
+                                            forces=use_forces, create_graph=create_graph)
+    n = b.n_atoms.to(energy.dtype)
+    e_err = (energy - b.energy) / n if core.config.readout == "sum" else energy - b.energy
+    f_err = forces - b.forces if use_forces else None
+    return e_err, f_err
+
+
+def make_task(splits: dict[str, AtomsGraphs | None], scale: float, loss_opts: LossOptions, use_forces: bool) -> Task:
+    """Weighted MSE loss in normalised units; metric: the same summed per frame."""
+    we, wf = loss_opts.energy_weight, loss_opts.forces_weight
+
+    def loss(model: nn.Module, b: AtomsBatch) -> Tensor:
+        e_err, f_err = batch_errors(model, b, use_forces, create_graph=True)
+        value = we * (e_err / scale).pow(2).mean()
+        if f_err is not None:
+            value = value + wf * (f_err / scale).pow(2).mean()
+        return value
+
+    def metric(model: nn.Module, b: AtomsBatch) -> tuple[Tensor, int]:
+        e_err, f_err = batch_errors(model, b, use_forces, create_graph=False)
+        per_frame = we * (e_err.detach() / scale).pow(2)
+        if f_err is not None:
+            sq = (f_err.detach() / scale).pow(2).sum(-1)
+            per_frame = per_frame + wf * scatter_sum(sq, b.batch, b.num_graphs) / (3 * b.n_atoms.to(sq.dtype))
+        return per_frame.sum(), b.num_graphs
+
+    return Task(splits["train"], splits["valid"], splits.get("test"), loss, metric, "loss")
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def _load(path: str, opts: DataOptions, progress: bool) -> AtomsData:
+    return load_dataset(path, opts.target, opts.forces, cache_dir=opts.cache_dir, progress=progress)
+
+
+def load_splits(opts: DataOptions, progress: bool = False) -> dict[str, AtomsData | None]:
+    """Train / valid / test data sets: ``valid`` from its own file or a random ``valid_fraction`` of ``train``."""
+    train = _load(opts.train, opts, progress)
+    if opts.forces is not None and train.forces is None:
+        raise FitError(f"{opts.train}: no forces under key {opts.forces!r}")
+    if opts.valid is not None:
+        valid = _load(opts.valid, opts, progress)
+    else:
+        if not 0 < opts.valid_fraction < 1:
+            raise FitError(f"--valid-fraction must be in (0, 1), got {opts.valid_fraction}")
+        n_valid = max(1, int(round(opts.valid_fraction * len(train))))
+        if n_valid >= len(train):
+            raise FitError(f"{opts.train}: {len(train)} frame(s) are too few to hold out a validation set; "
+                           "give --valid FILE")
+        order = np.random.default_rng(opts.split_seed).permutation(len(train))
+        valid, train = train.subset(np.sort(order[:n_valid])), train.subset(np.sort(order[n_valid:]))
+    test = _load(opts.test, opts, progress) if opts.test is not None else None
+    species = train.elements()
+    for name, d in (("valid", valid), ("test", test)):
+        if d is not None:
+            try:
+                check_species(d, species)
+            except ValueError as err:
+                raise FitError(f"{name} data: {err}") from None
+    return {"train": train, "valid": valid, "test": test}
+
+
+def build_model(train: AtomsData, model_opts: ModelOptions, data_opts: DataOptions) -> AtomsModel:
+    """A fresh model whose species, reference energies and normalisation come from ``train``."""
+    stats = fit_statistics(train, reference=model_opts.reference, readout=model_opts.readout)
+    cfg = AtomsModelConfig(
+        **stats, cutoff=model_opts.cutoff, images=model_opts.images, hidden_nf=model_opts.hidden_nf,
+        n_layers=model_opts.n_layers, n_rbf=model_opts.n_rbf, attention=model_opts.attention,
+        node_attr=model_opts.node_attr, act=model_opts.act, readout=model_opts.readout, target=data_opts.target,
+        forces=data_opts.forces,
+    )
+    return AtomsModel(cfg)
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """A new run needs an absent or empty folder; ``resume`` needs an existing run (nothing is overwritten)."""
+    if resume:
+        if not (out / "last.json").exists():
+            raise FitError(f"{out} holds no run to resume (no last.json)")
+        return
+    if (out / "last.json").exists():
+        raise FitError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FitError(f"{out} exists and is not an empty folder; choose another --out (nothing is overwritten)")
+
+
+def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = False,
+        dtype: torch.dtype = torch.float32) -> tuple[FitResult, dict[str, Any]]:
+    """Train; writes ``log.csv``, ``last.*``, ``best.*`` (a :func:`egnn.load_model` checkpoint), ``summary.json``,
+    ``training_curve.png`` and parity plots in ``out``.
+
+    Returns:
+        The trainer's result and the summary (MAE/RMSE of the best model on the valid and test sets).
+    """
+    out = Path(out)
+    check_out_dir(out, resume)
+    progress = train_cfg.progress
+    splits = load_splits(plan.data, progress)
+    train = splits["train"]
+    assert train is not None
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(train, plan.model, plan.data).to(dtype)
+    mc = plan.model
+    graphs = {name: (AtomsGraphs(d, mc.cutoff, mc.images, dtype, progress) if d is not None else None)
+              for name, d in splits.items()}
+    use_forces = plan.data.forces is not None
+    task = make_task(graphs, model.config.scale, plan.loss, use_forces)
+    describe = {name: _describe(d) for name, d in splits.items() if d is not None}
+    meta = {"experiment": "fit", "kind": MODEL_KIND, "model": model.config.to_dict(),
+            "data": {name: {k: v for k, v in d.items() if k != "cache"} for name, d in describe.items()},
+            "loss": asdict(plan.loss), "dtype": str(dtype).replace("torch.", "")}
+    trainer = Trainer(model, task, train_cfg, out, meta)
+    if resume:
+        trainer.resume()
+    result = trainer.fit()
+    summary: dict[str, Any] = {"fit": result.summary(), "data": describe}
+    if trainer.rank == 0:
+        from egnn.atoms.model import load_model
+        from egnn.experiments.plots import plot_training_curve
+
+        best = load_model(out / "best", dtype=dtype)
+        for name, d in splits.items():
+            if d is None or name == "train":
+                continue
+            pred = best.predict(graphs[name], forces=use_forces)
+            summary[name] = error_metrics(pred, d, baseline_per_atom=_mean_per_atom(train))
+            parity_plots(pred, d, out / f"parity_{name}.png", title=f"{name}: {d.source}")
+        plot_training_curve(out / "log.csv", out / "training_curve.png", metric="weighted MSE (normalised)",
+                            train_label="train loss (per epoch)", title=f"egnn fit: {plan.data.train}")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return result, summary
+
+
+def _describe(d: AtomsData) -> dict[str, Any]:
+    info: dict[str, Any] = {"file": d.source, "frames": len(d), "atoms": int(len(d.z)),
+                            "elements": d.elements(), "periodic_frames": int(d.pbc.any(axis=1).sum()),
+                            "energy_key": d.energy_key, "forces_key": d.forces_key}
+    if "cache" in d.meta:
+        info["cache"] = d.meta["cache"]
+    return info
+
+
+def _mean_per_atom(d: AtomsData) -> float:
+    return float(np.mean(d.energy / d.n_atoms)) if d.energy is not None else 0.0
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def error_metrics(pred: dict[str, np.ndarray], data: AtomsData, baseline_per_atom: float | None = None
+                  ) -> dict[str, Any]:
+    """MAE and RMSE of energies (total and per atom) and force components, with reference baselines: predicting
+    the mean energy per atom (``baseline_per_atom``, default this set's own mean) and zero forces."""
+    out: dict[str, Any] = {"frames": len(data), "atoms": int(len(data.z))}
+    if data.energy is not None:
+        n = data.n_atoms
+        err = pred["energy"] - data.energy
+        per_atom = err / n
+        e_pa = data.energy / n
+        base = float(np.mean(e_pa)) if baseline_per_atom is None else baseline_per_atom
+        out.update(
+            energy_mae=float(np.abs(err).mean()), energy_rmse=float(np.sqrt((err**2).mean())),
+            energy_per_atom_mae=float(np.abs(per_atom).mean()),
+            energy_per_atom_rmse=float(np.sqrt((per_atom**2).mean())),
+            energy_per_atom_std=float(e_pa.std()),
+            baseline_mean_energy_per_atom_mae=float(np.abs(e_pa - base).mean()),
+        )
+    if data.forces is not None and "forces" in pred:
+        ferr = pred["forces"] - data.forces
+        out.update(
+            forces_mae=float(np.abs(ferr).mean()), forces_rmse=float(np.sqrt((ferr**2).mean())),
+            baseline_zero_forces_mae=float(np.abs(data.forces).mean()),
+        )
+    return out
+
+
+def parity_plots(pred: dict[str, np.ndarray], data: AtomsData, path: str | Path, title: str = "") -> Path | None:
+    """Predicted vs true energy per atom and force components (matplotlib Agg)."""
+    if data.energy is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("energy per atom (eV)", data.energy / data.n_atoms, pred["energy"] / data.n_atoms)]
+    if data.forces is not None and "forces" in pred:
+        panels.append(("force components (eV/Å)", data.forces.ravel(), pred["forces"].ravel()))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    for ax, (label, true, guess) in zip(axes[0], panels):
+        lo, hi = float(min(true.min(), guess.min())), float(max(true.max(), guess.max()))
+        ax.plot([lo, hi], [lo, hi], color="gray", lw=1)
+        ax.scatter(true, guess, s=3, alpha=0.5)
+        mae = float(np.abs(true - guess).mean())
+        ax.set_xlabel(f"true {label}")
+        ax.set_ylabel(f"predicted {label}")
+        ax.set_title(f"MAE {mae:.4g}", fontsize=9)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------ predict / eval
+
+
+def evaluate_model(model: AtomsModel, path: str | Path, target: str | None = None, forces: str | None = None,
+                   cache_dir: str | None = DEFAULT_CACHE_DIR, batch_size: int = 64) -> dict[str, Any]:
+    """MAE/RMSE of a model on a labelled file (keys default to those it was trained on)."""
+    target = target or model.config.target
+    forces = forces if forces is not None else model.config.forces
+    data = load_dataset(path, target, forces, cache_dir=cache_dir, progress=False)
+    pred = model.predict(data, forces=forces is not None, batch_size=batch_size)
+    return {"file": str(path), "target": target, "forces": forces, **error_metrics(pred, data)}
+
+
+def predict_file(model: AtomsModel, path: str | Path, out: str | Path, batch_size: int = 64,
+                 forces: bool | None = None) -> dict[str, Any]:
+    """Write a copy of ``path`` with ``<target>_pred`` in ``atoms.info`` and ``<forces>_pred`` in
+    ``atoms.arrays`` (extxyz when ``out`` ends in ``.extxyz``/``.xyz``, else ASE's choice by extension)."""
+    import ase.io
+
+    from egnn.atoms.data import from_atoms_list, read_frames
+
+    out = Path(out)
+    if out.exists():
+        raise FitError(f"{out} exists; choose another --out (nothing is overwritten)")
+    if Path(path).resolve() == out.resolve():
+        raise FitError(f"--out {out} is the input file")
+    frames = read_frames(path)
+    data = from_atoms_list(frames, str(path), energy_key=None, forces_key=None, require_targets=False)
+    forces = model.config.forces is not None if forces is None else forces
+    pred = model.predict(data, forces=forces, batch_size=batch_size)
+    e_key = f"{model.config.target}_pred"
+    f_key = f"{model.config.forces or 'forces'}_pred"
+    for i, atoms in enumerate(frames):
+        atoms.info[e_key] = float(pred["energy"][i])
+        if forces:
+            sl = slice(int(data.offsets[i]), int(data.offsets[i + 1]))
+            atoms.arrays[f_key] = pred["forces"][sl].copy()
+    fmt = "extxyz" if out.suffix.lower() in (".extxyz", ".xyz") else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ase.io.write(str(out), frames, format=fmt)
+    return {"file": str(path), "out": str(out), "frames": len(frames), "energy_key": e_key,
+            "forces_key": f_key if forces else None}
+
+
+def check_finite_summary(summary: dict[str, Any]) -> None:
+    """Raise if any reported number is NaN/Inf (never report a false success)."""
+    for split in ("valid", "test"):
+        for k, v in (summary.get(split) or {}).items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise FloatingPointError(f"{split} {k} is {v}")
+
+
+__all__ = ["AtomsDataError", "DataOptions", "FitError", "FitPlan", "LossOptions", "ModelOptions", "error_metrics",
+           "evaluate_model", "fit", "predict_file"]
