@@ -246,7 +246,9 @@ class AtomsModel(nn.Module):
         with torch.enable_grad():
             pos = pos.detach().requires_grad_(True)
             energy = self(z, pos, edge_index, edge_shift, batch, num_graphs)
-            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph, allow_unused=True)
+        if grad is None:  # no edges: the energy does not depend on the positions
+            grad = torch.zeros_like(pos)
         return (energy if create_graph else energy.detach()), -grad
 
     def predict_batch(self, b: Any, forces: bool = True, create_graph: bool = False) -> tuple[Tensor, Tensor | None]:

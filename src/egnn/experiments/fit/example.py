@@ -85,12 +85,12 @@ def run_md(atoms: Any, calc: Any, steps: int, timestep_fs: float = 2.0, temperat
            seed: int = 0) -> tuple[list[dict[str, float]], dict[str, float]]:
     """NVE molecular dynamics; returns per-step energies and the drift summary (eV per atom)."""
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     atoms = atoms.copy()
     atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=np.random.default_rng(seed))
+    thermalize_momenta(atoms, temperature_k, rng=np.random.default_rng(seed))
     Stationary(atoms)
     dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     rows: list[dict[str, float]] = []

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+
+from egnn.atoms.data import AtomsDataError, load_dataset, read_dataset
+
+ase = pytest.importorskip("ase")
+import ase.io  # noqa: E402
+from ase import Atoms  # noqa: E402
+from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
+
+
+def make_frames(n=4, seed=0, calc=True):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        m = 2 + k % 3
+        a = Atoms(numbers=rng.choice([1, 6, 8], m), positions=rng.normal(size=(m, 3)) * 2, cell=np.eye(3) * 6,
+                  pbc=bool(k % 2))
+        e, f = float(rng.normal()), rng.normal(size=(m, 3))
+        if calc:
+            a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        else:
+            a.info["U0"] = e
+            a.arrays["dft_forces"] = f
+        frames.append(a)
+    return frames
+
+
+@pytest.mark.parametrize("ext", ["extxyz", "traj", "db"])
+def test_reads_calculator_results_from_any_ase_format(tmp_path, ext):
+    frames = make_frames()
+    path = tmp_path / f"data.{ext}"
+    ase.io.write(str(path), frames)
+    data = read_dataset(path, "energy", "forces")
+    assert len(data) == 4 and list(data.n_atoms) == [2, 3, 4, 2]
+    # extxyz stores 8 decimals
+    np.testing.assert_allclose(data.energy, [a.get_potential_energy() for a in frames], atol=1e-7)
+    np.testing.assert_allclose(data.forces, np.concatenate([a.get_forces() for a in frames]), atol=1e-7)
+    np.testing.assert_allclose(data.pos, np.concatenate([a.positions for a in frames]), atol=1e-7)
+    assert data.pbc[:, 0].tolist() == [False, True, False, True]
+    np.testing.assert_allclose(data.cell[1], np.eye(3) * 6)
+
+
+def test_reads_info_and_arrays_keys(tmp_path):
+    frames = make_frames(calc=False)
+    path = tmp_path / "d.extxyz"
+    ase.io.write(str(path), frames)
+    data = read_dataset(path, "U0", "dft_forces")
+    np.testing.assert_allclose(data.energy, [a.info["U0"] for a in frames], atol=1e-7)
+    np.testing.assert_allclose(data.forces, np.concatenate([a.arrays["dft_forces"] for a in frames]), atol=1e-7)
+    sub = data.subset([3, 1])
+    np.testing.assert_allclose(sub.pos, np.concatenate([frames[3].positions, frames[1].positions]), atol=1e-7)
+    np.testing.assert_allclose(sub.energy, [frames[3].info["U0"], frames[1].info["U0"]], atol=1e-7)
+
+
+def write(tmp_path, frames, name="bad.extxyz"):
+    path = tmp_path / name
+    ase.io.write(str(path), frames)
+    return path
+
+
+def test_missing_key_names_file_frame_and_key(tmp_path):
+    path = write(tmp_path, make_frames(calc=False))
+    with pytest.raises(AtomsDataError) as err:
+        read_dataset(path, "homo")
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: frame 0: key 'homo': not found") and "U0" in msg and "\n" not in msg
+
+
+def test_forces_in_some_frames_only(tmp_path):
+    frames = make_frames(calc=False)
+    del frames[2].arrays["dft_forces"]
+    path = write(tmp_path, frames)
+    with pytest.raises(AtomsDataError, match=r"frame 2: key 'dft_forces': not found"):
+        read_dataset(path, "U0", "dft_forces")
+    with pytest.raises(AtomsDataError, match=r"frame 2: key 'dft_forces': missing, but frame 0 has it"):
+        read_dataset(path, "U0", "dft_forces", require_targets=False)
+
+
+def test_nan_inf_and_empty_frame_and_zero_volume(tmp_path):
+    frames = make_frames(calc=False)
+    frames[1].info["U0"] = float("nan")
+    with pytest.raises(AtomsDataError, match=r"frame 1: key 'U0': contains NaN/Inf"):
+        read_dataset(write(tmp_path, frames, "nan.extxyz"), "U0")
+    frames = make_frames(calc=False)
+    frames[3].arrays["dft_forces"][0, 1] = np.inf
+    with pytest.raises(AtomsDataError, match=r"frame 3: key 'dft_forces': contains NaN/Inf"):
+        read_dataset(write(tmp_path, frames, "inf.extxyz"), "U0", "dft_forces")
+    frames = make_frames(calc=False)
+    frames.insert(2, Atoms(cell=np.eye(3), info={"U0": 1.0}))
+    with pytest.raises(AtomsDataError, match=r"frame 2: the frame has no atoms"):
+        read_dataset(write(tmp_path, frames, "empty.extxyz"), "U0")
+    frames = make_frames(calc=False)
+    frames[1].cell = [[3, 0, 0], [0, 3, 0], [3, 3, 0]]
+    frames[1].pbc = True
+    with pytest.raises(AtomsDataError, match=r"frame 1: cell has zero volume"):
+        read_dataset(write(tmp_path, frames, "flat.extxyz"), "U0")
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    with pytest.raises(AtomsDataError, match="file not found"):
+        load_dataset(tmp_path / "nope.extxyz", cache_dir=tmp_path)
+    bad = tmp_path / "junk.extxyz"
+    bad.write_text("this is not\nan xyz file\n")
+    with pytest.raises(AtomsDataError, match=r"junk.extxyz: ASE cannot read it"):
+        read_dataset(bad)
+
+
+def test_cache_is_reused_verified_and_rebuilt(tmp_path):
+    frames = make_frames(6)
+    path = write(tmp_path, frames, "d.extxyz")
+    cache = tmp_path / "cache"
+    first = load_dataset(path, "energy", "forces", cache_dir=cache, progress=False)
+    assert first.meta["cached"] is False
+    second = load_dataset(path, "energy", "forces", cache_dir=cache, progress=False)
+    assert second.meta["cached"] is True and second.source == str(path)
+    for name, value in first.arrays().items():
+        np.testing.assert_array_equal(value, second.arrays()[name])
+    # a tampered array fails its checksum, a truncated file fails to load: both are rebuilt, never used
+    cfile = next(cache.glob("*.npz"))
+    with np.load(cfile) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["forces"] = arrays["forces"] + 1.0
+    with open(cfile, "wb") as fh:
+        np.savez(fh, **arrays)
+    third = load_dataset(path, "energy", "forces", cache_dir=cache, progress=False)
+    assert third.meta["cached"] is False
+    np.testing.assert_array_equal(third.forces, first.forces)
+    cfile.write_bytes(cfile.read_bytes()[:-300])
+    fourth = load_dataset(path, "energy", "forces", cache_dir=cache, progress=False)
+    assert fourth.meta["cached"] is False
+    np.testing.assert_array_equal(fourth.forces, first.forces)
+    assert load_dataset(path, "energy", "forces", cache_dir=cache, progress=False).meta["cached"] is True
+    # other keys or an edited file never reuse it
+    assert load_dataset(path, "energy", None, cache_dir=cache, progress=False).meta["cached"] is False
+    frames[0].positions[0, 0] += 0.1
+    frames[0].calc.atoms = frames[0]  # keep the results attached
+    ase.io.write(str(path), frames)
+    edited = load_dataset(path, "energy", "forces", cache_dir=cache, progress=False)
+    assert edited.meta["cached"] is False and edited.pos[0, 0] == pytest.approx(first.pos[0, 0] + 0.1)

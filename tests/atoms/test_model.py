@@ -1,0 +1,177 @@
+import numpy as np
+import pytest
+import torch
+
+import egnn
+from egnn.atoms.data import AtomsData
+from egnn.atoms.graphs import AtomsGraphs
+from egnn.atoms.model import (
+    AtomsModel,
+    AtomsModelConfig,
+    check_species,
+    fit_statistics,
+    polynomial_envelope,
+    save_model,
+)
+from egnn.atoms.neighbors import neighbor_list
+from egnn.testing import assert_equivariant, random_orthogonal
+
+
+def tiny_model(dtype=torch.float64, cutoff=3.5, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = AtomsModelConfig(species=[1, 8, 29], cutoff=cutoff, hidden_nf=8, n_layers=2, n_rbf=4,
+                           ref_energies=[-0.5, -2.0, -3.0], scale=0.7, shift=0.1, **kw)
+    model = AtomsModel(cfg).to(dtype)
+    # the node head starts at ordinary init; perturb so no output is trivially zero
+    return model
+
+
+def periodic_data(n_frames=3, seed=0):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(3, 7, n_frames)
+    cells = np.stack([np.diag(rng.uniform(3.0, 4.5, 3)) + 0.3 * rng.normal(size=(3, 3)) for _ in sizes])
+    pos = np.concatenate([rng.uniform(-0.2, 1.2, (n, 3)) @ c for n, c in zip(sizes, cells)])
+    z = rng.choice([1, 8, 29], int(sizes.sum()))
+    pbc = np.ones((n_frames, 3), bool)
+    pbc[-1, 2] = False
+    return AtomsData(z=z, pos=pos, offsets=np.concatenate([[0], np.cumsum(sizes)]), cell=cells, pbc=pbc,
+                     energy=rng.normal(size=n_frames), forces=rng.normal(size=(int(sizes.sum()), 3)))
+
+
+@pytest.mark.parametrize("cutoff", [3.5, None])
+def test_equivariance_energy_invariant_forces_rotate(dtype, cutoff):
+    model = tiny_model(dtype, cutoff)
+    data = periodic_data() if cutoff else AtomsData(
+        z=np.array([1, 8, 29, 8, 1]), pos=np.random.default_rng(1).normal(size=(5, 3)) * 1.5,
+        offsets=np.array([0, 2, 5]), cell=np.zeros((2, 3, 3)), pbc=np.zeros((2, 3), bool))
+    b = AtomsGraphs(data, cutoff, dtype=dtype).get(torch.arange(len(data)))
+    assert b.num_graphs == len(data) and (b.edge_shift.abs().sum() > 0) == (cutoff is not None)
+
+    def fn(h, pos, edge_index, edge_shift, batch):
+        e, f = model.energy_and_forces(h[:, 0].long(), pos, edge_index, edge_shift, batch, b.num_graphs)
+        return {"energy": e, "forces": f}
+
+    inputs = {"h": b.z.to(dtype).unsqueeze(-1), "pos": b.pos, "edge_index": b.edge_index,
+              "edge_shift": b.edge_shift, "batch": b.batch}
+    errors = assert_equivariant(fn, inputs, {"energy": "graph", "forces": "vector"}, trials=4)
+    assert set(errors) == {"energy", "forces"}
+    out = fn(**inputs)
+    assert out["forces"].abs().max() > 1e-5  # not trivially zero
+
+
+def predict_structure(model, pos, cell, pbc, z):
+    e_idx, s = neighbor_list(pos, model.cutoff, cell, pbc)
+    t = torch.float64
+    e, f = model.energy_and_forces(torch.as_tensor(z), torch.as_tensor(pos, dtype=t), torch.as_tensor(e_idx),
+                                   torch.as_tensor(s @ cell, dtype=t))
+    return float(e[0]), f.numpy()
+
+
+def test_rotating_cell_with_positions_wrapping_and_translation():
+    model = tiny_model()
+    d = periodic_data(1, seed=3)
+    pos, cell, z = d.pos, d.cell[0], d.z
+    e0, f0 = predict_structure(model, pos, cell, True, z)
+    for reflect in (False, True):
+        q = random_orthogonal(3, reflect=reflect, generator=torch.Generator().manual_seed(int(reflect))).numpy()
+        e1, f1 = predict_structure(model, pos @ q.T + np.array([0.3, -1.0, 2.0]), cell @ q.T, True, z)
+        assert e1 == pytest.approx(e0, abs=1e-10)
+        np.testing.assert_allclose(f1, f0 @ q.T, atol=1e-10)
+    frac = np.linalg.solve(cell.T, pos.T).T
+    wrapped = (frac % 1.0) @ cell
+    assert np.abs(wrapped - pos).max() > 0.1  # some atoms really moved by a lattice vector
+    e2, f2 = predict_structure(model, wrapped, cell, True, z)
+    assert e2 == pytest.approx(e0, abs=1e-10)
+    np.testing.assert_allclose(f2, f0, atol=1e-10)
+
+
+def test_batched_equals_one_frame_at_a_time():
+    model = tiny_model()
+    data = periodic_data(5, seed=4)
+    graphs = AtomsGraphs(data, model.cutoff, dtype=torch.float64)
+    whole = model.predict(graphs, forces=True, batch_size=5)
+    single = [model.predict(graphs.data.subset([i]), forces=True) for i in range(5)]
+    np.testing.assert_allclose(whole["energy"], [s["energy"][0] for s in single], atol=1e-12)
+    np.testing.assert_allclose(whole["forces"], np.concatenate([s["forces"] for s in single]), atol=1e-12)
+    mixed = model.predict(graphs, forces=True, batch_size=2)
+    np.testing.assert_allclose(mixed["energy"], whole["energy"], atol=1e-12)
+
+
+def test_envelope_value_and_derivative_vanish_at_cutoff():
+    x = torch.tensor([0.0, 0.5, 1.0 - 1e-6, 1.0, 1.2], dtype=torch.float64, requires_grad=True)
+    u = polynomial_envelope(x)
+    (du,) = torch.autograd.grad(u.sum(), x)
+    u = u.detach()
+    assert u[0] == 1.0 and u[1] > 0 and abs(float(u[2])) < 1e-12 and u[3] == 0 and u[4] == 0
+    assert abs(float(du[2])) < 1e-8 and du[3] == 0 and du[4] == 0 and du[1] < 0
+
+
+def test_energy_and_forces_continuous_when_an_atom_crosses_the_cutoff():
+    model = tiny_model(cutoff=3.0)
+    z = np.array([8, 29])
+    values = []
+    for r in (3.0 - 1e-4, 3.0 + 1e-4):
+        pos = np.array([[0.0, 0, 0], [r, 0, 0]])
+        values.append(predict_structure(model, pos, np.zeros((3, 3)), False, z))
+    (e_in, f_in), (e_out, f_out) = values
+    assert np.abs(f_out).max() == 0.0  # no edge beyond R
+    assert abs(e_in - e_out) < 1e-9 and np.abs(f_in).max() < 1e-6
+    # and inside, the pair does interact
+    e_near, f_near = predict_structure(model, np.array([[0.0, 0, 0], [2.0, 0, 0]]), np.zeros((3, 3)), False, z)
+    assert abs(e_near - e_out) > 1e-5 and np.abs(f_near).max() > 1e-5
+
+
+def test_forces_are_minus_the_gradient_by_finite_differences():
+    model = tiny_model()
+    d = periodic_data(1, seed=7)
+    pos, cell, z = d.pos.copy(), d.cell[0], d.z
+    _, f = predict_structure(model, pos, cell, True, z)
+    h = 1e-5
+    for atom, k in [(0, 0), (1, 2), (len(z) - 1, 1)]:
+        plus, minus = pos.copy(), pos.copy()
+        plus[atom, k] += h
+        minus[atom, k] -= h
+        fd = -(predict_structure(model, plus, cell, True, z)[0] - predict_structure(model, minus, cell, True, z)[0])
+        assert f[atom, k] == pytest.approx(fd / (2 * h), abs=1e-7)
+
+
+def test_reference_energies_by_least_squares():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(2, 9, 30)
+    z = rng.choice([1, 6, 8], int(sizes.sum()))
+    ref = {1: -0.5, 6: -37.8, 8: -75.0}
+    frame = np.repeat(np.arange(30), sizes)
+    energy = np.bincount(frame, weights=[ref[v] for v in z]) + 0.01 * sizes  # + 0.01 eV per atom
+    data = AtomsData(z=z, pos=rng.normal(size=(len(z), 3)), offsets=np.concatenate([[0], np.cumsum(sizes)]),
+                     cell=np.zeros((30, 3, 3)), pbc=np.zeros((30, 3), bool), energy=energy)
+    stats = fit_statistics(data)
+    assert stats["species"] == [1, 6, 8]
+    # the per-atom offset is absorbed by the references (equal counts offset), the residual is ~0
+    recon = [ref[1] + 0.01, ref[6] + 0.01, ref[8] + 0.01]
+    np.testing.assert_allclose(stats["ref_energies"], recon, atol=1e-9)
+    assert abs(stats["shift"]) < 1e-9 and stats["scale"] == 1.0  # no spread left: scale falls back to 1
+
+
+def test_save_load_round_trip_and_unseen_elements(tmp_path):
+    model = tiny_model(torch.float32)
+    data = periodic_data(3, seed=2)
+    before = model.predict(data, forces=True)
+    save_model(model, tmp_path / "m")
+    loaded = egnn.load_model(tmp_path / "m")
+    assert loaded.config == model.config and not loaded.training
+    after = loaded.predict(data, forces=True)
+    np.testing.assert_array_equal(before["energy"], after["energy"])
+    np.testing.assert_array_equal(before["forces"], after["forces"])
+    bad = periodic_data(3, seed=2)
+    bad.z[int(bad.offsets[1]) + 1] = 79
+    bad.source = "new.extxyz"
+    with pytest.raises(ValueError, match=r"^new.extxyz: frame 1: key 'numbers': element Au \(Z=79\) is not in the "
+                                         r"training set \(trained on: H, O, Cu\)$"):
+        check_species(bad, model.species)
+    with pytest.raises(ValueError, match="Au"):
+        model.predict(bad)
+    from egnn.checkpoint import CheckpointError, save_checkpoint
+
+    save_checkpoint(tmp_path / "other", {"model": {}}, {"experiment": "qm9"})
+    with pytest.raises(CheckpointError, match="not an egnn atoms model"):
+        egnn.load_model(tmp_path / "other")
