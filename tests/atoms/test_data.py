@@ -3,7 +3,7 @@ import pytest
 
 from egnn.atoms.data import AtomsDataError, load_dataset, read_dataset
 
-ase = pytest.importorskip("ase")
+pytest.importorskip("ase")
 import ase.io  # noqa: E402
 from ase import Atoms  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402

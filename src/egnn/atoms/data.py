@@ -195,7 +195,8 @@ def frame_arrays(
     cell = np.asarray(atoms.cell.array if hasattr(atoms.cell, "array") else atoms.cell, dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool).reshape(3)
     if (z < 1).any() or (z > 118).any():
-        raise AtomsDataError(f"{_where(source, index)}: atomic numbers must be in 1..118, got {sorted(set(z.tolist()))}")
+        raise AtomsDataError(f"{_where(source, index, 'numbers')}: atomic numbers must be in 1..118, "
+                             f"got {sorted(set(z.tolist()))}")
     if not np.isfinite(pos).all():
         raise AtomsDataError(f"{_where(source, index, 'positions')}: contains NaN/Inf")
     check_cell(cell, pbc, _where(source, index))

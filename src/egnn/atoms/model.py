@@ -110,7 +110,8 @@ class AtomsModelConfig:
 
     def __post_init__(self) -> None:
         self.species = [int(z) for z in self.species]
-        if not self.species or sorted(set(self.species)) != self.species or self.species[0] < 1 or self.species[-1] > 118:
+        s = self.species
+        if not s or sorted(set(s)) != s or s[0] < 1 or s[-1] > 118:
             raise ValueError(f"species must be sorted distinct atomic numbers in 1..118, got {self.species}")
         if not self.ref_energies:
             self.ref_energies = [0.0] * len(self.species)

@@ -89,9 +89,12 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default="data/cache", metavar="DIR", help="parsed-data cache folder (default data/cache)")
     p.add_argument("--no-cache", action="store_true", help="parse the files every time")
     p.add_argument("--dtype", default="float32", help="float32 (default) or float64")
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder (new or empty; or an existing run with --resume)")
-    p.add_argument("--eval-every", type=int, default=None, help=f"epochs between evaluations ({FIT_DEFAULTS['eval_every']})")
-    p.add_argument("--ema-decay", type=float, default=None, help=f"weight averaging ({FIT_DEFAULTS['ema_decay']}; 0: off)")
+    p.add_argument("--out", required=True, metavar="RUN",
+                   help="run folder (new or empty; or an existing run with --resume)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help=f"epochs between evaluations ({FIT_DEFAULTS['eval_every']})")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help=f"weight averaging ({FIT_DEFAULTS['ema_decay']}; 0: off)")
     p.add_argument("--warmup-steps", type=int, default=None)
     add_trainer_arguments(p)
     p.set_defaults(func=_run_fit)
@@ -141,7 +144,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="write a copy of a file with predicted <target>_pred (info) and <forces>_pred (arrays)")
     p.add_argument("checkpoint", help="run folder (its best model) or checkpoint path")
     p.add_argument("--data", required=True, metavar="FILE", help="structures to predict (any ASE-readable file)")
-    p.add_argument("--out", required=True, metavar="OUT", help="output file (extxyz for .extxyz/.xyz); never overwritten")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="output file (extxyz for .extxyz/.xyz); never overwritten")
     p.add_argument("--no-forces", action="store_true", help="energies only")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")

@@ -1,0 +1,109 @@
+"""``egnn fit`` / ``predict`` / ``eval`` end to end on a tiny EMT data set, and their one-line errors (exit 2)."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ase")
+import ase.io  # noqa: E402
+from ase.build import bulk  # noqa: E402
+
+from egnn.experiments.cli import main  # noqa: E402
+from egnn.experiments.fit.emt import EMTConfig, generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fitcli")
+    frames = generate(EMTConfig(elements=("Cu", "Au"), n_frames=24, repeat=(1, 1, 2), seed=1))
+    ase.io.write(str(root / "train.extxyz"), frames[:20])
+    ase.io.write(str(root / "test.extxyz"), frames[20:])
+    return root
+
+
+def fit_args(root, out, *extra):
+    return ["fit", "--data", str(root / "train.extxyz"), "--forces", "forces", "--cutoff", "4.0", "--hidden", "8",
+            "--layers", "1", "--rbf", "4", "--epochs", "2", "--batch-size", "8", "--eval-every", "1",
+            "--cache", str(root / "cache"), "--out", str(out), "--no-progress", "--threads", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def run(files):
+    out = files / "run"
+    assert main(fit_args(files, out, "--test", str(files / "test.extxyz"))) == 0
+    return out
+
+
+def test_fit_writes_a_loadable_run(run, files):
+    import egnn
+
+    for name in ("best.json", "best.safetensors", "last.json", "log.csv", "summary.json", "parity_valid.png",
+                 "parity_test.png", "training_curve.png"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"]["train"]["frames"] == 18 and summary["data"]["valid"]["frames"] == 2
+    assert np.isfinite(summary["test"]["forces_mae"])
+    model = egnn.load_model(run)
+    assert model.species == [29, 79] and model.cutoff == 4.0 and model.config.forces == "forces"
+    # the cache made by the first read is reused by a second fit (resume with one more epoch)
+    assert main(fit_args(files, run, "--resume", "--epochs", "3", "--test", str(files / "test.extxyz"))) == 0
+    assert len(list((files / "cache").glob("*.npz"))) == 2
+
+
+def test_predict_and_eval(run, files, capsys):
+    import egnn
+    from egnn.atoms.data import read_dataset
+
+    out = files / "pred.extxyz"
+    assert main(["predict", str(run / "best"), "--data", str(files / "test.extxyz"), "--out", str(out)]) == 0
+    frames = ase.io.read(str(out), index=":")
+    model = egnn.load_model(run)
+    truth = read_dataset(files / "test.extxyz", "energy", "forces")
+    pred = model.predict(truth, forces=True)
+    np.testing.assert_allclose([a.info["energy_pred"] for a in frames], pred["energy"], atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([a.arrays["forces_pred"] for a in frames]), pred["forces"], atol=1e-6)
+    # the copy keeps the input's own labels
+    np.testing.assert_allclose([a.get_potential_energy() for a in frames], truth.energy, atol=1e-6)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(files / "test.extxyz"), "--no-cache"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    err = pred["energy"] - truth.energy
+    assert res["energy_mae"] == pytest.approx(np.abs(err).mean(), rel=1e-5)
+    assert res["energy_per_atom_mae"] == pytest.approx(np.abs(err / truth.n_atoms).mean(), rel=1e-5)
+    assert res["forces_mae"] == pytest.approx(np.abs(pred["forces"] - truth.forces).mean(), rel=1e-5)
+    assert res["baseline_zero_forces_mae"] == pytest.approx(np.abs(truth.forces).mean())
+
+
+def one_line_error(capsys, argv, *needles):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("egnn: error: ") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+def test_user_errors_are_one_line_exit_2(run, files, capsys, tmp_path):
+    train = str(files / "train.extxyz")
+    one_line_error(capsys, fit_args(files, tmp_path / "r1", "--target", "homo"), train, "frame 0", "'homo'")
+    one_line_error(capsys, fit_args(files, run), "already holds a run", "--resume")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    one_line_error(capsys, fit_args(files, tmp_path / "full"), "not an empty folder")
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    one_line_error(capsys, fit_args(files, tmp_path / "r2", "--no-images"), train, "frame 0",
+                   "larger than half the shortest cell height")
+    one_line_error(capsys, ["predict", str(run), "--data", train, "--out", train], "exists")
+    ag = bulk("Ag", "fcc", a=4.1, cubic=True)
+    ase.io.write(str(tmp_path / "ag.extxyz"), [bulk("Cu", "fcc", a=3.6, cubic=True), ag])
+    one_line_error(capsys, ["predict", str(run), "--data", str(tmp_path / "ag.extxyz"), "--out",
+                            str(tmp_path / "p.extxyz")], "ag.extxyz: frame 1: key 'numbers'", "Ag (Z=47)")
+    assert not (tmp_path / "p.extxyz").exists()
+    bad = ase.io.read(train, index=":4")
+    bad[3].calc.results["forces"][1, 0] = np.nan
+    ase.io.write(str(tmp_path / "nan.extxyz"), bad)
+    one_line_error(capsys, ["eval", str(run), "--data", str(tmp_path / "nan.extxyz"), "--no-cache"],
+                   "nan.extxyz: frame 3: key 'forces': contains NaN/Inf")
+    one_line_error(capsys, ["eval", str(tmp_path / "nothing"), "--data", train], "not found")
