@@ -138,3 +138,20 @@ def test_cache_is_reused_verified_and_rebuilt(tmp_path):
     ase.io.write(str(path), frames)
     edited = load_dataset(path, "energy", "forces", cache_dir=cache, progress=False)
     assert edited.meta["cached"] is False and edited.pos[0, 0] == pytest.approx(first.pos[0, 0] + 0.1)
+
+
+def test_import_egnn_and_model_work_without_ase():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['ase'] = None\n"
+        "import egnn, egnn.atoms, torch\n"
+        "from egnn.atoms.model import AtomsModel, AtomsModelConfig\n"
+        "m = AtomsModel(AtomsModelConfig(species=[1], hidden_nf=4, n_layers=1))\n"
+        "from egnn.atoms.data import AtomsDataError, read_dataset\n"
+        "try:\n    read_dataset(egnn.__file__)\nexcept AtomsDataError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'egnn[ase]'" in out.stdout

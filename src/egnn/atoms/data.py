@@ -280,12 +280,19 @@ def from_atoms_list(
     )
 
 
+def require_ase() -> None:
+    """Raise a one-line :class:`AtomsDataError` with the install command if ASE is missing."""
+    try:
+        import ase  # noqa: F401
+    except ModuleNotFoundError:
+        raise AtomsDataError("this needs ASE: pip install 'egnn[ase]' (ase==3.29.0)") from None
+
+
 def read_frames(path: str | os.PathLike, index: str = ":", format: str | None = None) -> list[Any]:
     """``ase.io.read(path, index)`` as a list, with read failures as one-line :class:`AtomsDataError`."""
-    try:
-        import ase.io
-    except ModuleNotFoundError:
-        raise AtomsDataError("reading atoms files needs ASE: pip install 'egnn[ase]' (ase==3.29.0)") from None
+    require_ase()
+    import ase.io
+
     path = Path(path)
     if not path.exists():
         raise AtomsDataError(f"{path}: file not found")

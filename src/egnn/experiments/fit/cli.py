@@ -34,7 +34,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from egnn.checkpoint import CheckpointError
     from egnn.experiments.fit.train import FitError
 
-    return (AtomsDataError, NeighborError, CheckpointError, FitError, ValueError, FileExistsError)
+    # FloatingPointError: the trainer's one-line "training loss became nan" (with the last good checkpoint)
+    return (AtomsDataError, NeighborError, CheckpointError, FitError, ValueError, FileExistsError, FloatingPointError)
 
 
 def _cutoff(text: str) -> float | None:
@@ -220,9 +221,12 @@ def _add_example(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_example_emt(args: argparse.Namespace) -> int:
-    from egnn.experiments.fit import example
-
     try:
+        from egnn.atoms.data import require_ase
+
+        require_ase()
+        from egnn.experiments.fit import example
+
         elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
         summary = example.run_emt_example(
             args.out, elements=elements, train_frames=args.train_frames, test_frames=args.test_frames,

@@ -312,9 +312,10 @@ def predict_file(model: AtomsModel, path: str | Path, out: str | Path, batch_siz
                  forces: bool | None = None) -> dict[str, Any]:
     """Write a copy of ``path`` with ``<target>_pred`` in ``atoms.info`` and ``<forces>_pred`` in
     ``atoms.arrays`` (extxyz when ``out`` ends in ``.extxyz``/``.xyz``, else ASE's choice by extension)."""
-    import ase.io
+    from egnn.atoms.data import from_atoms_list, read_frames, require_ase
 
-    from egnn.atoms.data import from_atoms_list, read_frames
+    require_ase()
+    import ase.io
 
     out = Path(out)
     if out.exists():
