@@ -79,7 +79,7 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
                    help="neighbour radius in Angstrom (default 5); 'none': complete graphs (non-periodic data)")
     p.add_argument("--no-images", action="store_true",
                    help="minimum-image convention: refuse a cutoff above half the shortest cell height")
-    p.add_argument("--energy-weight", type=float, default=1.0, help="w_E of the loss (default 1)")
+    p.add_argument("--energy-weight", type=float, default=10.0, help="w_E of the loss (default 10)")
     p.add_argument("--forces-weight", type=float, default=1.0, help="w_F of the loss (default 1)")
     p.add_argument("--hidden", type=int, default=64, help="features per layer (default 64)")
     p.add_argument("--layers", type=int, default=4, help="EGCL layers (default 4)")

@@ -66,7 +66,7 @@ class DataOptions:
 
 @dataclass
 class LossOptions:
-    energy_weight: float = 1.0
+    energy_weight: float = 10.0
     forces_weight: float = 1.0
 
 
