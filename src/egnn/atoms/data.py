@@ -406,26 +406,28 @@ def load_dataset(
     never reuse a stale cache; a corrupt cache is rebuilt. ``cache_dir=None`` disables caching.
 
     Returns:
-        The data set; ``meta["cache"]`` is the cache file and ``meta["cached"]`` whether it was reused.
+        The data set; ``meta["cache"]`` is the cache file, ``meta["cached"]`` whether it was reused and
+        ``meta["sha256"]`` the file's SHA-256.
     """
     path = Path(path)
     if not path.is_file():
         raise AtomsDataError(f"{path}: file not found")
+    digest = file_sha256(path)
     if cache_dir is None:
         data = read_dataset(path, energy_key, forces_key, index, format, require_targets, progress)
-        data.meta["cached"] = False
+        data.meta.update(cached=False, sha256=digest)
         return data
-    key = {"sha256": file_sha256(path), "energy_key": energy_key, "forces_key": forces_key, "index": index,
+    key = {"sha256": digest, "energy_key": energy_key, "forces_key": forces_key, "index": index,
            "format": format, "require_targets": require_targets}
     cfile = cache_path(cache_dir, path, key)
     try:
         data = read_cache(cfile, key)
         data.source = str(path)
-        data.meta["cached"] = True
+        data.meta.update(cached=True, sha256=digest)
         return data
     except CacheMiss:
         pass
     data = read_dataset(path, energy_key, forces_key, index, format, require_targets, progress)
     save_cache(data, cfile, key)
-    data.meta.update(cache=str(cfile), cached=False)
+    data.meta.update(cache=str(cfile), cached=False, sha256=digest)
     return data

@@ -375,20 +375,37 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", dtype: torc
     numbers and positions alone (:meth:`AtomsModel.predict`, :class:`egnn.ase.EGNNCalculator`).
 
     Raises:
-        CheckpointError: missing, corrupt, or not an atoms model.
+        CheckpointError: missing, corrupt, not an atoms model, shapes that do not match its config (checked from
+            the header before any tensor is read), or non-finite weights.
     """
-    from egnn.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+    from egnn.checkpoint import (
+        CheckpointError,
+        check_state_shapes,
+        load_checkpoint,
+        load_state_dict_strict,
+        read_checkpoint_info,
+    )
 
     ckpt = resolve_checkpoint(path)
-    tree, meta = load_checkpoint(ckpt, map_location="cpu")
+    info = read_checkpoint_info(ckpt)
+    meta = info.meta
     if meta.get("kind") != MODEL_KIND or not isinstance(meta.get("model"), dict):
         raise CheckpointError(f"{ckpt} is not an egnn atoms model (kind={json.dumps(meta.get('kind'))})")
     try:
-        model = AtomsModel(AtomsModelConfig.from_dict(meta["model"]))
+        config = AtomsModelConfig.from_dict(meta["model"])
+        with torch.device("meta"):
+            skeleton = AtomsModel(config)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{ckpt}: invalid model config: {err}") from None
+    check_state_shapes(skeleton.state_dict(), info.state_shapes("model"), what=str(info.path))
+    del skeleton
+    tree, meta = load_checkpoint(ckpt, map_location="cpu")
+    model = AtomsModel(config)
     state = tree.get("model") if isinstance(tree, dict) else None
-    load_state_dict_strict(model, state, what="atoms model")
+    load_state_dict_strict(model, state, what=str(info.path))
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{ckpt} holds non-finite weights ({', '.join(bad[:3])})")
     if dtype is not None:
         model = model.to(dtype)
     model.meta = meta  # type: ignore[attr-defined]

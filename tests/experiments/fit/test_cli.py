@@ -38,7 +38,7 @@ def run(files):
 def test_fit_writes_a_loadable_run(run, files):
     import egnn
 
-    for name in ("best.json", "best.safetensors", "last.json", "log.csv", "summary.json", "parity_valid.png",
+    for name in ("best.safetensors", "last.safetensors", "run.json", "log.csv", "summary.json", "parity_valid.png",
                  "parity_test.png", "training_curve.png"):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
@@ -89,10 +89,12 @@ def test_user_errors_are_one_line_exit_2(run, files, capsys, tmp_path):
     train = str(files / "train.extxyz")
     one_line_error(capsys, fit_args(files, tmp_path / "r1", "--target", "homo"), train, "frame 0", "'homo'")
     one_line_error(capsys, fit_args(files, run), "already holds a run", "--resume")
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "notes.txt").write_text("mine")
-    one_line_error(capsys, fit_args(files, tmp_path / "full"), "not an empty folder")
-    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    # resuming with other settings is refused, naming the difference
+    one_line_error(capsys, fit_args(files, run, "--resume", "--hidden", "9"), "cannot resume",
+                   "model.hidden_nf: run 8, now 9")
+    one_line_error(capsys, fit_args(files, tmp_path / "r0", "--cutoff", "-1"), "--cutoff")
+    one_line_error(capsys, fit_args(files, tmp_path / "r0", "--energy-weight", "0", "--forces-weight", "0"),
+                   "the loss has no term")
     one_line_error(capsys, fit_args(files, tmp_path / "r2", "--no-images"), train, "frame 0",
                    "larger than half the shortest cell height")
     one_line_error(capsys, ["predict", str(run), "--data", train, "--out", train], "exists")
@@ -106,4 +108,5 @@ def test_user_errors_are_one_line_exit_2(run, files, capsys, tmp_path):
     ase.io.write(str(tmp_path / "nan.extxyz"), bad)
     one_line_error(capsys, ["eval", str(run), "--data", str(tmp_path / "nan.extxyz"), "--no-cache"],
                    "nan.extxyz: frame 3: key 'forces': contains NaN/Inf")
-    one_line_error(capsys, ["eval", str(tmp_path / "nothing"), "--data", train], "not found")
+    one_line_error(capsys, ["eval", str(tmp_path / "nothing"), "--data", train], "no run folder or checkpoint")
+    one_line_error(capsys, ["example", "emt", "--out", train], "is not a folder")

@@ -1,8 +1,11 @@
 """``egnn fit`` / ``egnn predict`` / ``egnn eval`` / ``egnn example emt``: an energy/force EGNN on your own data.
 
 Each command is an ``_add_<name>(subparsers)`` function that adds its parser and sets ``func`` to
-``_run_<name>(args) -> int``; :func:`register` adds all of them to the top-level ``egnn`` parser. Heavy modules are
-imported inside the run functions. User errors become :class:`~egnn.experiments.cli.CLIError` (one line, exit 2).
+``_run_<name>(args) -> int`` (:func:`~egnn.experiments.commands.add_command`); :func:`register` adds all of them to
+the top-level ``egnn`` parser. Heavy modules are imported inside the run functions. Errors in the user's input
+(``ValueError`` and friends: :class:`~egnn.atoms.data.AtomsDataError`, ``NeighborError``, ``CheckpointError``,
+``RunFolderError``) become one ``egnn: error: ...`` line and exit code 2 in
+:func:`~egnn.experiments.commands.run_command`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,23 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from egnn.experiments.cli import CLIError, add_trainer_arguments
+from egnn.experiments.commands import (
+    ArgumentParser,
+    CLIError,
+    add_command,
+    add_device,
+    add_trainer_arguments,
+    checkpoint_arg,
+    float_in,
+    int_in,
+    nonnegative_float,
+    nonnegative_int,
+    out_folder,
+    positive_float,
+    positive_int,
+    seed_int,
+    trainer_overrides,
+)
 
 # optimisation defaults of `egnn fit` (TrainConfig fields); measured on the EMT example (docs/own_data.md)
 FIT_DEFAULTS: dict[str, Any] = {
@@ -28,50 +47,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add(subparsers)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from egnn.atoms.data import AtomsDataError
-    from egnn.atoms.neighbors import NeighborError
-    from egnn.checkpoint import CheckpointError
-    from egnn.experiments.fit.train import FitError
-
-    # FloatingPointError: the trainer's one-line "training loss became nan" (with the last good checkpoint)
-    return (AtomsDataError, NeighborError, CheckpointError, FitError, ValueError, FileExistsError, FloatingPointError)
-
-
 def _cutoff(text: str) -> float | None:
-    if text.lower() == "none":
+    if text.strip().lower() == "none":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a distance in Angstrom or 'none', got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+    return positive_float(text)
+
+
+_cutoff.__name__ = "a distance in Angstrom or 'none'"
 
 
 def _dtype(name: str):
     import torch
 
-    table = {"float32": torch.float32, "float64": torch.float64}
-    if name not in table:
-        raise CLIError(f"--dtype must be float32 or float64, got {name!r}")
-    return table[name]
+    return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 # ------------------------------------------------------------------------------------------------------ fit
 
 
 def _add_fit(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "fit", help="train an energy/force EGNN on your own data (any ASE-readable file)",
+    p = add_command(
+        subparsers, "fit", _run_fit, "train an energy/force EGNN on your own data (any ASE-readable file)",
         description="Fit the invariant EGNN to a graph-level target (an energy) and optionally forces (-dE/dx) read "
         "from atoms.info, atoms.arrays or the calculator results of every frame. Writes RUN/best (load with "
         "egnn.load_model or egnn.ase.EGNNCalculator), log.csv, summary.json and parity plots.",
     )
     p.add_argument("--data", required=True, metavar="TRAIN", help="training file (extxyz, ASE .db, .traj ...)")
     p.add_argument("--valid", default=None, metavar="FILE", help="validation file (default: --valid-fraction of TRAIN)")
-    p.add_argument("--valid-fraction", type=float, default=0.1, help="held-out fraction of TRAIN (default 0.1)")
+    p.add_argument("--valid-fraction", type=float_in(0.0, 1.0, "a fraction in (0, 1)", hi_open=True), default=0.1,
+                   help="held-out fraction of TRAIN (default 0.1)")
     p.add_argument("--test", default=None, metavar="FILE", help="test file, evaluated with the best model")
     p.add_argument("--target", default="energy", metavar="KEY", help="graph-level target key (default: energy)")
     p.add_argument("--forces", default=None, metavar="KEY", help="per-atom forces key: train on F = -dE/dx too")
@@ -79,26 +83,32 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
                    help="neighbour radius in Angstrom (default 5); 'none': complete graphs (non-periodic data)")
     p.add_argument("--no-images", action="store_true",
                    help="minimum-image convention: refuse a cutoff above half the shortest cell height")
-    p.add_argument("--energy-weight", type=float, default=10.0, help="w_E of the loss (default 10)")
-    p.add_argument("--forces-weight", type=float, default=1.0, help="w_F of the loss (default 1)")
-    p.add_argument("--hidden", type=int, default=64, help="features per layer (default 64)")
-    p.add_argument("--layers", type=int, default=4, help="EGCL layers (default 4)")
-    p.add_argument("--rbf", type=int, default=8, help="radial features per edge (default 8)")
+    p.add_argument("--energy-weight", type=nonnegative_float, default=10.0, help="w_E of the loss (default 10)")
+    p.add_argument("--forces-weight", type=nonnegative_float, default=1.0, help="w_F of the loss (default 1)")
+    p.add_argument("--hidden", type=positive_int, default=64, help="features per layer (default 64)")
+    p.add_argument("--layers", type=nonnegative_int, default=4, help="EGCL layers (default 4)")
+    p.add_argument("--rbf", type=nonnegative_int, default=8, help="radial features per edge (default 8)")
     p.add_argument("--no-attention", action="store_true", help="turn edge inference off")
     p.add_argument("--readout", default="sum", choices=["sum", "mean"], help="sum (energies, default) or mean")
     p.add_argument("--no-reference", action="store_true", help="do not fit per-element reference energies")
     p.add_argument("--cache", default="data/cache", metavar="DIR", help="parsed-data cache folder (default data/cache)")
     p.add_argument("--no-cache", action="store_true", help="parse the files every time")
-    p.add_argument("--dtype", default="float32", help="float32 (default) or float64")
-    p.add_argument("--out", required=True, metavar="RUN",
-                   help="run folder (new or empty; or an existing run with --resume)")
-    p.add_argument("--eval-every", type=int, default=None,
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="float32 (default) or float64")
+    p.add_argument("--out", required=True, type=out_folder, metavar="RUN",
+                   help="run folder (one that holds no run yet, or the run to --resume)")
+    p.add_argument("--eval-every", type=positive_int, default=None,
                    help=f"epochs between evaluations ({FIT_DEFAULTS['eval_every']})")
-    p.add_argument("--ema-decay", type=float, default=None,
-                   help=f"weight averaging ({FIT_DEFAULTS['ema_decay']}; 0: off)")
-    p.add_argument("--warmup-steps", type=int, default=None)
-    add_trainer_arguments(p)
-    p.set_defaults(func=_run_fit)
+    p.add_argument("--ema-decay", type=float_in(0.0, 1.0, "a decay in [0, 1)", lo_open=False, hi_open=True),
+                   default=None, help=f"weight averaging ({FIT_DEFAULTS['ema_decay']}; 0: off)")
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=None, help="linear learning-rate warm-up steps")
+    add_trainer_arguments(p, compile_flag=False)
+
+
+def _device(name: str) -> str:
+    """``--device auto`` of predict/eval: CUDA when present, else CPU."""
+    from egnn.experiments.trainer import resolve_device
+
+    return str(resolve_device(name))
 
 
 def _run_fit(args: argparse.Namespace) -> int:
@@ -116,23 +126,15 @@ def _run_fit(args: argparse.Namespace) -> int:
                               readout=args.readout, reference=not args.no_reference),
         loss=ft.LossOptions(energy_weight=args.energy_weight, forces_weight=args.forces_weight),
     )
-    overrides = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
-                 "max_minutes": args.max_minutes, "device": args.device, "eval_every": args.eval_every,
-                 "ema_decay": args.ema_decay, "warmup_steps": args.warmup_steps}
-    cfg = TrainConfig(**{**FIT_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}},
-                      progress=not args.no_progress)
+    overrides = {**trainer_overrides(args), "eval_every": args.eval_every, "ema_decay": args.ema_decay,
+                 "warmup_steps": args.warmup_steps}
+    cfg = TrainConfig(**{**FIT_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}})
     cfg = replace(cfg, ema_decay=cfg.ema_decay or None)
-    for name in ("epochs", "batch_size", "eval_every"):
-        if getattr(cfg, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if min(args.hidden, args.layers + 1, args.rbf + 1) < 1 or args.energy_weight < 0 or args.forces_weight < 0:
-        raise CLIError("--hidden must be >= 1, --layers and --rbf >= 0, loss weights >= 0")
-    try:
-        result, summary = ft.fit(plan, cfg, args.out, resume=args.resume, dtype=_dtype(args.dtype))
-        ft.check_finite_summary(summary)
-    except _user_errors() as err:
-        raise CLIError(str(err)) from None
-    print(json.dumps({k: summary[k] for k in ("fit", "valid", "test") if k in summary}, indent=1))
+    if args.energy_weight == 0 and (args.forces is None or args.forces_weight == 0):
+        raise CLIError("the loss has no term: give --energy-weight > 0, or --forces KEY with --forces-weight > 0")
+    result, summary = ft.fit(plan, cfg, args.out, resume=args.resume, dtype=_dtype(args.dtype))
+    ft.check_finite_summary(summary)
+    print(json.dumps({k: summary[k] for k in ("fit", "valid", "test") if k in summary}, indent=1, allow_nan=False))
     print(f"model: {args.out}/best (egnn.load_model, egnn.ase.EGNNCalculator, egnn predict/eval)")
     return 0
 
@@ -141,28 +143,23 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "predict", help="write a copy of a file with predicted <target>_pred (info) and <forces>_pred (arrays)")
-    p.add_argument("checkpoint", help="run folder (its best model) or checkpoint path")
+    p = add_command(subparsers, "predict", _run_predict,
+                    "write a copy of a file with predicted <target>_pred (info) and <forces>_pred (arrays)")
+    p.add_argument("checkpoint", type=checkpoint_arg, help="run folder (its best model) or checkpoint path")
     p.add_argument("--data", required=True, metavar="FILE", help="structures to predict (any ASE-readable file)")
     p.add_argument("--out", required=True, metavar="OUT",
                    help="output file (extxyz for .extxyz/.xyz); never overwritten")
     p.add_argument("--no-forces", action="store_true", help="energies only")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_run_predict)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
+    add_device(p)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from egnn.atoms.model import load_model
     from egnn.experiments.fit import train as ft
 
-    try:
-        model = load_model(args.checkpoint, device=args.device)
-        res = ft.predict_file(model, args.data, args.out, args.batch_size,
-                              forces=False if args.no_forces else None)
-    except _user_errors() as err:
-        raise CLIError(str(err)) from None
+    model = load_model(args.checkpoint, device=_device(args.device))
+    res = ft.predict_file(model, args.data, args.out, args.batch_size, forces=False if args.no_forces else None)
     print(json.dumps(res, indent=1))
     return 0
 
@@ -171,29 +168,26 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="MAE and RMSE (energy, energy per atom, forces) of a model on a file, JSON")
-    p.add_argument("checkpoint", help="run folder (its best model) or checkpoint path")
+    p = add_command(subparsers, "eval", _run_eval,
+                    "MAE and RMSE (energy, energy per atom, forces) of a model on a file, JSON")
+    p.add_argument("checkpoint", type=checkpoint_arg, help="run folder (its best model) or checkpoint path")
     p.add_argument("--data", required=True, metavar="FILE", help="labelled structures")
     p.add_argument("--target", default=None, metavar="KEY", help="target key (default: the one trained on)")
     p.add_argument("--forces", default=None, metavar="KEY", help="forces key (default: the one trained on)")
-    p.add_argument("--cache", default="data/cache", metavar="DIR")
-    p.add_argument("--no-cache", action="store_true")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_run_eval)
+    p.add_argument("--cache", default="data/cache", metavar="DIR", help="parsed-data cache folder (default data/cache)")
+    p.add_argument("--no-cache", action="store_true", help="parse the file without the cache")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
+    add_device(p)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from egnn.atoms.model import load_model
     from egnn.experiments.fit import train as ft
 
-    try:
-        model = load_model(args.checkpoint, device=args.device)
-        res = ft.evaluate_model(model, args.data, args.target, args.forces,
-                                cache_dir=None if args.no_cache else args.cache, batch_size=args.batch_size)
-    except _user_errors() as err:
-        raise CLIError(str(err)) from None
-    print(json.dumps(res, indent=1))
+    model = load_model(args.checkpoint, device=_device(args.device))
+    res = ft.evaluate_model(model, args.data, args.target, args.forces,
+                            cache_dir=None if args.no_cache else args.cache, batch_size=args.batch_size)
+    print(json.dumps(res, indent=1, allow_nan=False))
     return 0
 
 
@@ -201,40 +195,39 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _add_example(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("example", help="worked examples that need nothing from outside")
-    which = p.add_subparsers(dest="example", metavar="NAME", required=True)
-    emt = which.add_parser(
-        "emt", help="EMT alloy: generate, fit energies+forces, predict, relax (BFGS), NVE MD, parity plots",
+    p = subparsers.add_parser("example", help="worked examples that need nothing from outside",
+                              description="worked examples that need nothing from outside")
+    which = p.add_subparsers(dest="example", metavar="NAME", required=True, parser_class=ArgumentParser)
+    emt = add_command(
+        which, "emt", _run_example_emt,
+        "EMT alloy: generate, fit energies+forces, predict, relax (BFGS), NVE MD, parity plots", progress=True,
         description="Generates a periodic fcc alloy data set with ASE's EMT potential (rattled, strained cells), fits "
         "an energy/force EGNN within --minutes, evaluates it on a held-out test set beside the mean-energy / "
         "zero-force baselines, checks predict == calculator, relaxes a structure with BFGS and runs NVE MD.")
-    emt.add_argument("--out", default="runs/emt_example", help="output folder (new or empty)")
+    emt.add_argument("--out", type=out_folder, default="runs/emt_example", help="output folder (new or empty)")
     emt.add_argument("--elements", default="Cu,Au", help="comma-separated fcc metals of EMT (default Cu,Au)")
-    emt.add_argument("--train-frames", type=int, default=400)
-    emt.add_argument("--test-frames", type=int, default=100)
-    emt.add_argument("--minutes", type=float, default=6.0, help="training budget (default 6)")
-    emt.add_argument("--epochs", type=int, default=None, help="epochs of the cosine schedule (default: from a timing)")
-    emt.add_argument("--md-steps", type=int, default=500)
-    emt.add_argument("--seed", type=int, default=0, help="seed of the data and the fit")
-    emt.add_argument("--no-progress", action="store_true")
-    emt.set_defaults(func=_run_example_emt)
+    emt.add_argument("--train-frames", type=int_in(10, None, "an integer >= 10"), default=400,
+                     help="training structures (default 400; 10 %% held out for validation)")
+    emt.add_argument("--test-frames", type=positive_int, default=100, help="test structures (default 100)")
+    emt.add_argument("--minutes", type=positive_float, default=6.0, help="training budget (default 6)")
+    emt.add_argument("--epochs", type=positive_int, default=None,
+                     help="epochs of the cosine schedule (default: as many as a timing says fit in --minutes)")
+    emt.add_argument("--md-steps", type=positive_int, default=500, help="NVE steps of 2 fs (default 500)")
+    emt.add_argument("--seed", type=seed_int, default=0, help="seed of the data and the fit (default 0)")
 
 
 def _run_example_emt(args: argparse.Namespace) -> int:
-    try:
-        from egnn.atoms.data import require_ase
+    from egnn.atoms.data import require_ase
 
-        require_ase()
-        from egnn.experiments.fit import example
+    require_ase()
+    from egnn.experiments.fit import example
 
-        elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
-        summary = example.run_emt_example(
-            args.out, elements=elements, train_frames=args.train_frames, test_frames=args.test_frames,
-            minutes=args.minutes, epochs=args.epochs, md_steps=args.md_steps, seed=args.seed,
-            progress=not args.no_progress)
-    except _user_errors() as err:
-        raise CLIError(str(err)) from None
-    print(json.dumps(summary, indent=1))
+    elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
+    summary = example.run_emt_example(
+        args.out, elements=elements, train_frames=args.train_frames, test_frames=args.test_frames,
+        minutes=args.minutes, epochs=args.epochs, md_steps=args.md_steps, seed=args.seed,
+        progress=not args.no_progress)
+    print(json.dumps(summary, indent=1, allow_nan=False))
     return 0
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from dataclasses import replace
@@ -24,6 +23,7 @@ import torch
 
 from egnn.experiments.fit import train as ft
 from egnn.experiments.fit.emt import EMTConfig, generate, write_dataset
+from egnn.experiments.run import write_json
 from egnn.experiments.trainer import TrainConfig
 
 # measured on 2 CPU cores with the default data (docs/own_data.md)
@@ -127,7 +127,7 @@ def run_emt_example(
     from egnn.atoms.model import load_model
 
     out = Path(out)
-    ft.check_out_dir(out, resume=False)
+    ft.check_new_folder(out)
     summary: dict[str, Any] = {"elements": list(elements)}
     # 1. data
     t0 = time.perf_counter()
@@ -216,5 +216,5 @@ def run_emt_example(
         w.writeheader()
         w.writerows(merged)
     _md_energy_plot(merged, out / "md_energy.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     return summary

@@ -13,7 +13,6 @@ computed by :func:`evaluate_model`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ from torch import Tensor, nn
 from egnn.atoms.data import DEFAULT_CACHE_DIR, AtomsData, AtomsDataError, load_dataset
 from egnn.atoms.graphs import AtomsBatch, AtomsGraphs
 from egnn.atoms.model import MODEL_KIND, AtomsModel, AtomsModelConfig, check_species, fit_statistics
-from egnn.experiments.trainer import FitResult, Task, TrainConfig, Trainer
+from egnn.experiments.run import write_json
+from egnn.experiments.trainer import FitResult, Task, TrainConfig
 from egnn.ops.scatter import scatter_sum
 
 
@@ -113,7 +113,8 @@ def make_task(splits: dict[str, AtomsGraphs | None], scale: float, loss_opts: Lo
             per_frame = per_frame + wf * scatter_sum(sq, b.batch, b.num_graphs) / (3 * b.n_atoms.to(sq.dtype))
         return per_frame.sum(), b.num_graphs
 
-    return Task(splits["train"], splits["valid"], splits.get("test"), loss, metric, "loss")
+    return Task(splits["train"], splits["valid"], splits.get("test"), loss, metric, "loss",
+                metric_needs_grad=use_forces)
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -162,28 +163,27 @@ def build_model(train: AtomsData, model_opts: ModelOptions, data_opts: DataOptio
     return AtomsModel(cfg)
 
 
-def check_out_dir(out: Path, resume: bool) -> None:
-    """A new run needs an absent or empty folder; ``resume`` needs an existing run (nothing is overwritten)."""
-    if resume:
-        if not (out / "last.json").exists():
-            raise FitError(f"{out} holds no run to resume (no last.json)")
-        return
-    if (out / "last.json").exists():
-        raise FitError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+def check_new_folder(out: Path) -> None:
+    """``out`` must be absent or an empty folder (for commands that write many files; nothing is overwritten)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FitError(f"{out} exists and is not an empty folder; choose another --out (nothing is overwritten)")
 
 
 def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = False,
         dtype: torch.dtype = torch.float32) -> tuple[FitResult, dict[str, Any]]:
-    """Train; writes ``log.csv``, ``last.*``, ``best.*`` (a :func:`egnn.load_model` checkpoint), ``summary.json``,
-    ``training_curve.png`` and parity plots in ``out``.
+    """Train in the run folder ``out`` (:func:`egnn.experiments.run.train_run`: a folder holding another run is
+    refused, ``resume`` continues one started with the same data and settings); writes ``log.csv``,
+    ``last.safetensors``, ``best.safetensors`` (what :func:`egnn.load_model` reads), ``summary.json``,
+    ``training_curve.png`` and parity plots.
 
     Returns:
         The trainer's result and the summary (MAE/RMSE of the best model on the valid and test sets).
     """
+    from egnn.experiments.run import RunFolder, RunFolderError, train_run
+
     out = Path(out)
-    check_out_dir(out, resume)
+    if not resume and RunFolder(out).holds_run():  # before any data is read
+        raise RunFolderError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     progress = train_cfg.progress
     splits = load_splits(plan.data, progress)
     train = splits["train"]
@@ -196,13 +196,19 @@ def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = F
     use_forces = plan.data.forces is not None
     task = make_task(graphs, model.config.scale, plan.loss, use_forces)
     describe = {name: _describe(d) for name, d in splits.items() if d is not None}
-    meta = {"experiment": "fit", "kind": MODEL_KIND, "model": model.config.to_dict(),
-            "data": {name: {k: v for k, v in d.items() if k != "cache"} for name, d in describe.items()},
-            "loss": asdict(plan.loss), "dtype": str(dtype).replace("torch.", "")}
-    trainer = Trainer(model, task, train_cfg, out, meta)
-    if resume:
-        trainer.resume()
-    result = trainer.fit()
+    opts = plan.data
+    # flat keys, so a refused --resume names exactly the setting that differs
+    identity = {
+        "experiment": "fit", **{f"model.{k}": v for k, v in model.config.to_dict().items()},
+        "loss": asdict(plan.loss),
+        "dtype": str(dtype).replace("torch.", ""),
+        "data": {"train": opts.train, "valid": opts.valid, "test": opts.test, "target": opts.target,
+                 "forces": opts.forces, "valid_fraction": None if opts.valid else opts.valid_fraction,
+                 "split_seed": None if opts.valid else opts.split_seed,
+                 "sha256": {name: d.meta.get("sha256") for name, d in splits.items() if d is not None}},
+    }
+    result, trainer = train_run(model, task, train_cfg, out, identity, resume,
+                                meta={"kind": MODEL_KIND, "model": model.config.to_dict()})
     summary: dict[str, Any] = {"fit": result.summary(), "data": describe}
     if trainer.rank == 0:
         from egnn.atoms.model import load_model
@@ -217,8 +223,17 @@ def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = F
             parity_plots(pred, d, out / f"parity_{name}.png", title=f"{name}: {d.source}")
         plot_training_curve(out / "log.csv", out / "training_curve.png", metric="weighted MSE (normalised)",
                             train_label="train loss (per epoch)", title=f"egnn fit: {plan.data.train}")
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_json(out / "summary.json", _finite(summary))
     return result, summary
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj if not isinstance(obj, float) or math.isfinite(obj) else None
 
 
 def _describe(d: AtomsData) -> dict[str, Any]:

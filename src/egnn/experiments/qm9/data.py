@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from egnn.experiments.commands import UserError
+
 if TYPE_CHECKING:  # torch is only needed by node_features and imported there
     import torch
 
@@ -135,7 +137,7 @@ ARRAY_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class QM9DataError(RuntimeError):
+class QM9DataError(UserError, RuntimeError):
     """QM9 data cannot be found, parsed or loaded (the message says what to do)."""
 
 
