@@ -155,3 +155,29 @@ def test_import_egnn_and_model_work_without_ase():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "pip install 'egnn[ase]'" in out.stdout
+
+
+def test_fast_extxyz_reader_matches_ase(tmp_path):
+    from egnn.atoms.data import from_atoms_list, read_extxyz_fast, read_frames
+    from egnn.experiments.fit.emt import EMTConfig, generate
+
+    frames = generate(EMTConfig(n_frames=6, repeat=(1, 1, 2), seed=4))  # periodic, calculator results
+    frames[2].pbc = (True, False, True)
+    more = make_frames(calc=False)  # info / arrays keys, molecules
+    for a in more:
+        a.info["tag"] = "x y"  # a quoted string value
+        a.info["vec"] = np.array([1.0, 2.0, 3.0])
+    for name, fr, keys in (("emt", frames, ("energy", "forces")), ("mol", more, ("U0", "dft_forces"))):
+        path = tmp_path / f"{name}.extxyz"
+        ase.io.write(str(path), fr)
+        fast = read_extxyz_fast(path)
+        assert fast is not None and len(fast) == len(fr)
+        a = from_atoms_list(fast, name, *keys)
+        b = from_atoms_list(read_frames(path), name, *keys)
+        for key, value in b.arrays().items():
+            np.testing.assert_array_equal(a.arrays()[key], value, err_msg=key)
+        assert fast[0].info["vec"].tolist() == [1.0, 2.0, 3.0] if name == "mol" else True
+    odd = tmp_path / "odd.extxyz"
+    odd.write_text("1\nProperties=species:S:1:pos:R:3 flag energy=1.0\nH 0 0 0\n")  # a bare flag: ASE's job
+    assert read_extxyz_fast(odd) is None
+    assert read_dataset(odd, "energy").energy.tolist() == [1.0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import zipfile
 import zlib
@@ -304,12 +305,151 @@ def read_frames(path: str | os.PathLike, index: str = ":", format: str | None = 
     return list(frames) if isinstance(frames, list) else [frames]
 
 
+# ------------------------------------------------------------------------------------------ fast extxyz
+
+# a comment line made only of key=value tokens, values plain or double-quoted without escapes
+_TOKEN = re.compile(r'([A-Za-z_][\w\-.:]*)=("[^"\\]*"|[^\s"=\\]+)\s*')
+_BOOLS = {"T": True, "True": True, "true": True, "F": False, "False": False, "false": False}
+_COLUMN_TYPES = {"R": float, "I": int, "S": str, "L": bool}
+
+
+class _Frame:
+    """The parts of ``ase.Atoms`` that :func:`frame_arrays` reads, filled by the fast extxyz reader."""
+
+    calc = None
+
+    def __init__(self, numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
+                 info: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.numbers, self.positions, self.cell, self.pbc = numbers, positions, cell, pbc
+        self.info, self.arrays = info, arrays
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+
+def _scalar(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return _BOOLS.get(text, text)
+
+
+def _parse_comment(line: str) -> dict[str, Any] | None:
+    """``key=value`` pairs of an extxyz comment line with ASE's value conversion, or ``None`` when the line
+    uses anything else (flags without ``=``, escapes, ...), so that ASE's own parser reads the file."""
+    out: dict[str, Any] = {}
+    pos, text = 0, line.strip()
+    for m in _TOKEN.finditer(text):
+        if m.start() != pos:
+            return None
+        pos = m.end()
+        key, raw = m.group(1), m.group(2)
+        if raw.startswith('"'):
+            raw = raw[1:-1]
+            parts = raw.split()
+            if key == "Properties":
+                out[key] = raw
+            elif key == "Lattice":
+                out[key] = np.array([float(v) for v in parts]).reshape(3, 3)
+            elif key == "pbc":
+                out[key] = np.array([_BOOLS[v] for v in parts], dtype=bool)
+            elif parts and all(isinstance(_scalar(v), (int, float)) and not isinstance(_scalar(v), bool)
+                               for v in parts):
+                out[key] = np.array([_scalar(v) for v in parts])
+            else:
+                out[key] = raw
+        else:
+            out[key] = _scalar(raw)
+    if pos != len(text) or "Properties" not in out:
+        return None
+    return out
+
+
+def read_extxyz_fast(path: str | os.PathLike) -> list[_Frame] | None:
+    """Frames of a plain extended-XYZ file without building ``ase.Atoms`` (several times faster than
+    ``ase.io.read`` on many small frames), or ``None`` if the file uses a feature this reader leaves to ASE.
+    Values match ASE's reader: ``atoms.info`` keys, per-atom columns in ``arrays``, ``Lattice`` rows as the cell,
+    ``pbc`` (default: true with a ``Lattice``)."""
+    from ase.data import atomic_numbers
+
+    with open(path) as fh:
+        lines = fh.read().split("\n")
+    frames: list[_Frame] = []
+    i, n_lines = 0, len(lines)
+    while i < n_lines:
+        head = lines[i].strip()
+        if not head:
+            i += 1
+            continue
+        try:
+            n = int(head)
+        except ValueError:
+            return None
+        if n < 0 or i + 2 + n > n_lines:  # truncated: ASE reports it
+            return None
+        info = _parse_comment(lines[i + 1])
+        if info is None:
+            return None
+        props = info.pop("Properties").split(":")
+        if len(props) % 3 or props[:2] != ["species", "S"]:
+            return None
+        columns = [(props[k], props[k + 1], int(props[k + 2])) for k in range(0, len(props), 3)]
+        width = sum(c[2] for c in columns)
+        rows = [line.split() for line in lines[i + 2 : i + 2 + n]]
+        if len(rows) != n or any(len(r) != width for r in rows):
+            return None
+        table = np.array(rows, dtype=str).reshape(n, width)
+        arrays: dict[str, np.ndarray] = {}
+        col = 0
+        for name, kind, count in columns:
+            if kind not in _COLUMN_TYPES:
+                return None
+            block = table[:, col : col + count]
+            col += count
+            if kind == "R":
+                value = block.astype(np.float64)
+            elif kind == "I":
+                value = block.astype(np.int64)
+            elif kind == "L":
+                value = np.vectorize(_BOOLS.__getitem__, otypes=[bool])(block) if n else block.astype(bool)
+            else:
+                value = block
+            arrays[name] = value[:, 0] if count == 1 else value
+        try:
+            numbers = np.array([atomic_numbers[sym] for sym in arrays.pop("species")], dtype=np.int64)
+        except KeyError:
+            return None
+        if "pos" not in arrays:
+            return None
+        positions = arrays.pop("pos")
+        lattice = info.pop("Lattice", None)
+        pbc = info.pop("pbc", None)
+        if pbc is None:
+            pbc = np.full(3, lattice is not None)
+        cell = lattice if lattice is not None else np.zeros((3, 3))
+        frames.append(_Frame(numbers, positions, cell, np.asarray(pbc, dtype=bool).reshape(3), info, arrays))
+        i += 2 + n
+    return frames
+
+
 def read_dataset(
     path: str | os.PathLike, energy_key: str | None = "energy", forces_key: str | None = None,
     index: str = ":", format: str | None = None, require_targets: bool = True, progress: bool = False,
 ) -> AtomsData:
     """Parse and validate a file (no cache). See :func:`from_atoms_list` for the arguments."""
-    frames = read_frames(path, index, format)
+    frames = None
+    if index == ":" and (format == "extxyz" or (format is None and Path(path).suffix.lower() in (".xyz", ".extxyz"))):
+        require_ase()
+        if not Path(path).is_file():
+            raise AtomsDataError(f"{path}: file not found")
+        try:
+            frames = read_extxyz_fast(path)
+        except (ValueError, UnicodeDecodeError):  # anything unusual: ASE decides (and reports)
+            frames = None
+    if frames is None:
+        frames = read_frames(path, index, format)
     return from_atoms_list(frames, str(path), energy_key, forces_key, require_targets, progress)
 
 
