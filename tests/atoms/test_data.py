@@ -88,12 +88,12 @@ def test_nan_inf_and_empty_frame_and_zero_volume(tmp_path):
         read_dataset(write(tmp_path, frames, "inf.extxyz"), "U0", "dft_forces")
     frames = make_frames(calc=False)
     frames.insert(2, Atoms(cell=np.eye(3), info={"U0": 1.0}))
-    with pytest.raises(AtomsDataError, match=r"frame 2: the frame has no atoms"):
+    with pytest.raises(AtomsDataError, match=r"frame 2: key 'numbers': the frame has no atoms"):
         read_dataset(write(tmp_path, frames, "empty.extxyz"), "U0")
     frames = make_frames(calc=False)
     frames[1].cell = [[3, 0, 0], [0, 3, 0], [3, 3, 0]]
     frames[1].pbc = True
-    with pytest.raises(AtomsDataError, match=r"frame 1: cell has zero volume"):
+    with pytest.raises(AtomsDataError, match=r"frame 1: key 'cell': cell has zero volume"):
         read_dataset(write(tmp_path, frames, "flat.extxyz"), "U0")
 
 

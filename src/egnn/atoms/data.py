@@ -190,7 +190,7 @@ def frame_arrays(
     """
     n = len(atoms)
     if n == 0:
-        raise AtomsDataError(f"{_where(source, index)}: the frame has no atoms")
+        raise AtomsDataError(f"{_where(source, index, 'numbers')}: the frame has no atoms")
     z = np.asarray(atoms.numbers, dtype=np.int64)
     pos = np.asarray(atoms.positions, dtype=np.float64)
     cell = np.asarray(atoms.cell.array if hasattr(atoms.cell, "array") else atoms.cell, dtype=np.float64)
@@ -200,7 +200,7 @@ def frame_arrays(
                              f"got {sorted(set(z.tolist()))}")
     if not np.isfinite(pos).all():
         raise AtomsDataError(f"{_where(source, index, 'positions')}: contains NaN/Inf")
-    check_cell(cell, pbc, _where(source, index))
+    check_cell(cell, pbc, _where(source, index, 'cell'))
     out: dict[str, np.ndarray | None] = {"z": z, "pos": pos, "cell": cell, "pbc": pbc, "energy": None, "forces": None}
     for key, per_atom in ((energy_key, False), (forces_key, True)):
         if key is None:

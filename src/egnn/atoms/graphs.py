@@ -68,7 +68,7 @@ class AtomsGraphs:
             try:
                 e, s = neighbor_list(fr["pos"], cutoff, fr["cell"], fr["pbc"], images)
             except NeighborError as err:
-                raise NeighborError(f"{data.source}: frame {f}: {err}") from None
+                raise NeighborError(f"{data.source}: frame {f}: key 'cell': {err}") from None
             edges.append(e + int(data.offsets[f]))  # global atom indices
             shifts.append(s)
             counts.append(e.shape[1])

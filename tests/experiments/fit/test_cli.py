@@ -95,7 +95,7 @@ def test_user_errors_are_one_line_exit_2(run, files, capsys, tmp_path):
     one_line_error(capsys, fit_args(files, tmp_path / "r0", "--cutoff", "-1"), "--cutoff")
     one_line_error(capsys, fit_args(files, tmp_path / "r0", "--energy-weight", "0", "--forces-weight", "0"),
                    "the loss has no term")
-    one_line_error(capsys, fit_args(files, tmp_path / "r2", "--no-images"), train, "frame 0",
+    one_line_error(capsys, fit_args(files, tmp_path / "r2", "--no-images"), train, "frame 0: key 'cell'",
                    "larger than half the shortest cell height")
     one_line_error(capsys, ["predict", str(run), "--data", train, "--out", train], "exists")
     ag = bulk("Ag", "fcc", a=4.1, cubic=True)

@@ -34,7 +34,7 @@ EXAMPLE_TRAIN = TrainConfig(epochs=100, batch_size=16, lr=3e-3, schedule="cosine
 EXAMPLE_LOSS = ft.LossOptions(energy_weight=10.0, forces_weight=1.0)
 
 
-def estimate_epochs(plan: ft.FitPlan, cfg: TrainConfig, minutes: float, n_steps: int = 12) -> int:
+def estimate_epochs(plan: ft.FitPlan, cfg: TrainConfig, minutes: float, n_steps: int = 20) -> int:
     """Epochs of the cosine schedule that fit in ``minutes``: a few timed training steps of a throw-away model,
     plus 10 % for evaluations and checkpoints."""
     from egnn.atoms.graphs import AtomsGraphs
