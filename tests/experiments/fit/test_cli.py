@@ -109,4 +109,8 @@ def test_user_errors_are_one_line_exit_2(run, files, capsys, tmp_path):
     one_line_error(capsys, ["eval", str(run), "--data", str(tmp_path / "nan.extxyz"), "--no-cache"],
                    "nan.extxyz: frame 3: key 'forces': contains NaN/Inf")
     one_line_error(capsys, ["eval", str(tmp_path / "nothing"), "--data", train], "no run folder or checkpoint")
+    for ext in ("db", "traj"):  # formats that would drop the predictions: refused, nothing left behind
+        one_line_error(capsys, ["predict", str(run), "--data", train, "--out", str(tmp_path / f"p.{ext}")],
+                       f"p.{ext}", "use an .extxyz")
+        assert not list(tmp_path.glob(f"*p*.{ext}"))
     one_line_error(capsys, ["example", "emt", "--out", train], "is not a folder")

@@ -14,6 +14,7 @@ computed by :func:`evaluate_model`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,7 +351,21 @@ def predict_file(model: AtomsModel, path: str | Path, out: str | Path, batch_siz
             atoms.arrays[f_key] = pred["forces"][sl].copy()
     fmt = "extxyz" if out.suffix.lower() in (".extxyz", ".xyz") else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    ase.io.write(str(out), frames, format=fmt)
+    # write beside the target, check that the format kept the predictions, then rename (never a partial OUT)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        try:
+            ase.io.write(str(tmp), frames, format=fmt)
+            back = ase.io.read(str(tmp), index="-1", format=fmt)
+        except Exception as err:  # ASE's writers raise many kinds
+            raise FitError(f"{out}: ASE cannot write predictions in this format ({type(err).__name__}: "
+                           f"{' '.join(str(err).split())[:200]}); use an .extxyz output") from None
+        if e_key not in back.info or (forces and f_key not in back.arrays):
+            raise FitError(f"{out}: the {out.suffix or 'chosen'} format does not keep {e_key!r} (atoms.info) "
+                           f"and {f_key!r} (atoms.arrays); use an .extxyz or .xyz output")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"file": str(path), "out": str(out), "frames": len(frames), "energy_key": e_key,
             "forces_key": f_key if forces else None}
 
