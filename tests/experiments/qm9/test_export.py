@@ -38,3 +38,26 @@ def test_export_reads_back_through_ase_and_load_dataset(tmp_path):
         export_extxyz(data, path)
     only = export_extxyz(data, tmp_path / "test.extxyz", labels, rows=np.flatnonzero(labels == 2))
     assert len(ase.io.read(str(only), index=":")) == 1
+
+
+def test_export_command_writes_the_cached_qm9_with_its_splits(tmp_path, capsys):
+    import ase.io
+
+    from egnn.experiments.cli import main
+
+    data = small_qm9(20, seed=1)
+    qm9.save_cache(data, tmp_path / "qm9" / qm9.CACHE_NAME)
+    qm9.write_splits(tmp_path / "qm9" / qm9.SPLITS_NAME, data)
+    out = tmp_path / "test.extxyz"
+    assert main(["qm9", "export", "--data", str(tmp_path / "qm9"), "--out", str(out), "--split", "test",
+                 "--no-progress"]) == 0
+    frames = ase.io.read(str(out), index=":")
+    test_index = qm9.load_splits(tmp_path / "qm9")["test"]
+    assert len(frames) == len(test_index) == 2
+    assert sorted(a.info["gdb_index"] for a in frames) == sorted(test_index.tolist())
+    assert {a.info["split"] for a in frames} == {"test"}
+    row = int(data.rows_of([frames[0].info["gdb_index"]])[0])
+    assert frames[0].info["homo"] == data.target("homo")[row]
+    capsys.readouterr()
+    assert main(["qm9", "export", "--data", str(tmp_path / "qm9"), "--out", str(out)]) == 2  # never overwritten
+    assert "exists" in capsys.readouterr().err
