@@ -28,9 +28,7 @@ from egnn.experiments.trainer import TrainConfig
 
 # measured on 2 CPU cores with the default data (docs/own_data.md)
 EXAMPLE_MODEL = ft.ModelOptions(cutoff=4.5, hidden_nf=48, n_layers=3, n_rbf=8)
-EXAMPLE_TRAIN = TrainConfig(epochs=100, batch_size=16, lr=3e-3, schedule="cosine", final_lr_ratio=0.02,
-                            warmup_steps=50, ema_decay=0.99, eval_every=5, checkpoint_every=5, eval_batch_size=64,
-                            weight_decay=0.0)
+EXAMPLE_TRAIN = ft.FIT_PRESET.train_config()
 EXAMPLE_LOSS = ft.LossOptions(energy_weight=10.0, forces_weight=1.0)
 
 

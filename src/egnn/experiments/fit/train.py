@@ -26,13 +26,23 @@ from torch import Tensor, nn
 from egnn.atoms.data import DEFAULT_CACHE_DIR, AtomsData, AtomsDataError, load_dataset
 from egnn.atoms.graphs import AtomsBatch, AtomsGraphs
 from egnn.atoms.model import MODEL_KIND, AtomsModel, AtomsModelConfig, check_species, fit_statistics
-from egnn.experiments.run import write_json
+from egnn.experiments.run import LRRule, Preset, write_json
 from egnn.experiments.trainer import FitResult, Task, TrainConfig
 from egnn.ops.scatter import scatter_sum
 
 
 class FitError(ValueError):
     """A user error in the fit/predict/eval settings (one line)."""
+
+
+# The optimisation recipe of `egnn fit` and `egnn example emt` (measured there: docs/own_data.md).
+FIT_PRESET = Preset(
+    description="batch 16, lr 3e-3 (50 warm-up steps, cosine to 2 %), EMA 0.99, 100 epochs",
+    train={"epochs": 100, "batch_size": 16, "schedule": "cosine", "final_lr_ratio": 0.02, "warmup_steps": 50,
+           "ema_decay": 0.99, "eval_every": 5, "checkpoint_every": 5, "eval_batch_size": 64, "weight_decay": 0.0,
+           "seed": 0},
+    lr=LRRule(value=3e-3),
+)
 
 
 @dataclass
