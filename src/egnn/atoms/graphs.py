@@ -72,8 +72,14 @@ class AtomsGraphs:
             edges.append(e + int(data.offsets[f]))  # global atom indices
             shifts.append(s)
             counts.append(e.shape[1])
-        self.edge_index = torch.from_numpy(np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64))
-        self.shift_int = torch.from_numpy(np.concatenate(shifts) if shifts else np.zeros((0, 3), np.int64))
+        # compact storage (QM9 as complete graphs is ~4e7 edges): int32 indices, integer offsets only when some
+        # frame is periodic
+        all_edges = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64)
+        if all_edges.size and all_edges.max() >= 2**31:
+            raise ValueError(f"{data.source}: more than 2^31 atoms")
+        self.edge_index = torch.from_numpy(all_edges.astype(np.int32))
+        all_shifts = np.concatenate(shifts) if shifts else np.zeros((0, 3), np.int64)
+        self.shift_int = torch.from_numpy(all_shifts.astype(np.int32)) if all_shifts.any() else None
         counts_np = np.asarray(counts, dtype=np.int64)
         self.edge_offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(counts_np)]))
         self.offsets = torch.from_numpy(data.offsets)
@@ -105,8 +111,11 @@ class AtomsGraphs:
         # global atom index -> index in this batch
         new_first = torch.cumsum(a_size, 0) - a_size
         edge_frame = torch.repeat_interleave(torch.arange(rows.numel()), e_size)
-        edge_index = self.edge_index[:, edges] - (a_start - new_first)[edge_frame]
-        shift = torch.einsum("ek,ekl->el", self.shift_int[edges].to(torch.float64), self.cell[rows][edge_frame])
+        edge_index = self.edge_index[:, edges].long() - (a_start - new_first)[edge_frame]
+        if self.shift_int is None:
+            shift = torch.zeros(edges.numel(), 3, dtype=torch.float64)
+        else:
+            shift = torch.einsum("ek,ekl->el", self.shift_int[edges].to(torch.float64), self.cell[rows][edge_frame])
         batch = torch.repeat_interleave(torch.arange(rows.numel()), a_size)
         dt = self.dtype
         return AtomsBatch(
