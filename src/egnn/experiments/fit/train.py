@@ -230,8 +230,10 @@ def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = F
             if d is None or name == "train":
                 continue
             pred = best.predict(graphs[name], forces=use_forces)
-            summary[name] = error_metrics(pred, d, baseline_per_atom=_mean_per_atom(train))
-            parity_plots(pred, d, out / f"parity_{name}.png", title=f"{name}: {d.source}")
+            summary[name] = error_metrics(pred, d, plan.data.target, model.config.readout == "sum",
+                                          train_baseline(train))
+            parity_plots(pred, d, out / f"parity_{name}.png", title=f"{name}: {d.source}", target=plan.data.target,
+                         per_atom=model.config.readout == "sum")
         plot_training_curve(out / "log.csv", out / "training_curve.png", metric="weighted MSE (normalised)",
                             train_label="train loss (per epoch)", title=f"egnn fit: {plan.data.train}")
         write_json(out / "summary.json", _finite(summary))
@@ -256,31 +258,30 @@ def _describe(d: AtomsData) -> dict[str, Any]:
     return info
 
 
-def _mean_per_atom(d: AtomsData) -> float:
-    return float(np.mean(d.energy / d.n_atoms)) if d.energy is not None else 0.0
-
-
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def error_metrics(pred: dict[str, np.ndarray], data: AtomsData, baseline_per_atom: float | None = None
-                  ) -> dict[str, Any]:
-    """MAE and RMSE of energies (total and per atom) and force components, with reference baselines: predicting
-    the mean energy per atom (``baseline_per_atom``, default this set's own mean) and zero forces."""
+def error_metrics(pred: dict[str, np.ndarray], data: AtomsData, name: str = "energy", per_atom: bool = True,
+                  baseline: dict[str, float] | None = None) -> dict[str, Any]:
+    """MAE and RMSE of the target ``name`` (and per atom when ``per_atom``: extensive targets such as energies) and
+    of the force components, beside the baselines of predicting the mean (``baseline["mean"]`` /
+    ``baseline["mean_per_atom"]``, default this set's own means) and zero forces.
+
+    Keys: ``<name>_mae``, ``<name>_rmse``, ``<name>_std``, ``baseline_mean_<name>_mae`` and the same with
+    ``<name>_per_atom``; ``forces_mae``, ``forces_rmse``, ``baseline_zero_forces_mae``.
+    """
     out: dict[str, Any] = {"frames": len(data), "atoms": int(len(data.z))}
+    baseline = baseline or {}
     if data.energy is not None:
         n = data.n_atoms
-        err = pred["energy"] - data.energy
-        per_atom = err / n
-        e_pa = data.energy / n
-        base = float(np.mean(e_pa)) if baseline_per_atom is None else baseline_per_atom
-        out.update(
-            energy_mae=float(np.abs(err).mean()), energy_rmse=float(np.sqrt((err**2).mean())),
-            energy_per_atom_mae=float(np.abs(per_atom).mean()),
-            energy_per_atom_rmse=float(np.sqrt((per_atom**2).mean())),
-            energy_per_atom_std=float(e_pa.std()),
-            baseline_mean_energy_per_atom_mae=float(np.abs(e_pa - base).mean()),
-        )
+        variants = [(name, pred["energy"], data.energy, baseline.get("mean"))]
+        if per_atom:
+            variants.append((f"{name}_per_atom", pred["energy"] / n, data.energy / n, baseline.get("mean_per_atom")))
+        for key, guess, true, base in variants:
+            err = guess - true
+            base = float(np.mean(true)) if base is None else base
+            out.update({f"{key}_mae": float(np.abs(err).mean()), f"{key}_rmse": float(np.sqrt((err**2).mean())),
+                        f"{key}_std": float(true.std()), f"baseline_mean_{key}_mae": float(np.abs(true - base).mean())})
     if data.forces is not None and "forces" in pred:
         ferr = pred["forces"] - data.forces
         out.update(
@@ -290,8 +291,16 @@ def error_metrics(pred: dict[str, np.ndarray], data: AtomsData, baseline_per_ato
     return out
 
 
-def parity_plots(pred: dict[str, np.ndarray], data: AtomsData, path: str | Path, title: str = "") -> Path | None:
-    """Predicted vs true energy per atom and force components (matplotlib Agg)."""
+def train_baseline(train: AtomsData) -> dict[str, float]:
+    """Means of the target (total and per atom) on the training set: the baseline predictions."""
+    if train.energy is None:
+        return {}
+    return {"mean": float(np.mean(train.energy)), "mean_per_atom": float(np.mean(train.energy / train.n_atoms))}
+
+
+def parity_plots(pred: dict[str, np.ndarray], data: AtomsData, path: str | Path, title: str = "",
+                 target: str = "energy", per_atom: bool = True) -> Path | None:
+    """Predicted vs true target (per atom for extensive targets) and force components (matplotlib Agg)."""
     if data.energy is None:
         return None
     import matplotlib
@@ -299,7 +308,9 @@ def parity_plots(pred: dict[str, np.ndarray], data: AtomsData, path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("energy per atom (eV)", data.energy / data.n_atoms, pred["energy"] / data.n_atoms)]
+    scale = data.n_atoms if per_atom else 1
+    label = f"{target}{' per atom' if per_atom else ''}{' (eV)' if target == 'energy' else ''}"
+    panels = [(label, data.energy / scale, pred["energy"] / scale)]
     if data.forces is not None and "forces" in pred:
         panels.append(("force components (eV/Å)", data.forces.ravel(), pred["forces"].ravel()))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
@@ -331,7 +342,8 @@ def evaluate_model(model: AtomsModel, path: str | Path, target: str | None = Non
     forces = forces if forces is not None else model.config.forces
     data = load_dataset(path, target, forces, cache_dir=cache_dir, progress=False)
     pred = model.predict(data, forces=forces is not None, batch_size=batch_size)
-    return {"file": str(path), "target": target, "forces": forces, **error_metrics(pred, data)}
+    return {"file": str(path), "target": target, "forces": forces,
+            **error_metrics(pred, data, target, model.config.readout == "sum")}
 
 
 def predict_file(model: AtomsModel, path: str | Path, out: str | Path, batch_size: int = 64,
