@@ -42,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _cutoff(text: str) -> float | None:
     if text.strip().lower() == "none":
         return None
-    return positive_float(text)
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a distance in Angstrom (> 0) or 'none', got {text!r}") from None
 
 
 _cutoff.__name__ = "a distance in Angstrom or 'none'"
