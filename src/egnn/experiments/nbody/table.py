@@ -30,8 +30,9 @@ import torch
 from egnn.experiments.nbody.data import load_nbody
 from egnn.experiments.nbody.models import NBODY_MODELS
 from egnn.experiments.nbody.train import forward_time_ms, load_model, train_nbody
+from egnn.experiments.plots import pyplot
 from egnn.experiments.registry import Registry
-from egnn.experiments.run import finite_or_none, grid_cell, markdown_table, pyplot, ratio, read_json, write_json
+from egnn.experiments.run import finite_or_none, grid_cell, markdown_table, ratio, read_json, write_json
 from egnn.experiments.trainer import TrainConfig, resolve_device
 
 TABLE_MODELS = ("linear", "gnn", "rf", "tfn", "se3_transformer", "egnn")

@@ -13,9 +13,9 @@ from torch import Tensor, nn
 from egnn.experiments.nbody.data import FRAMES, NBodyBatch, NBodySplit, load_nbody
 from egnn.experiments.nbody.files import split_file_names
 from egnn.experiments.nbody.models import NBODY_MODELS
-from egnn.experiments.plots import plot_training_curve
+from egnn.experiments.plots import plot_training_curve, pyplot
 from egnn.experiments.registry import Registry
-from egnn.experiments.run import LRRule, Preset, fingerprint_files, load_trained, pyplot, train_run
+from egnn.experiments.run import LRRule, Preset, fingerprint_files, load_trained, train_run
 from egnn.experiments.trainer import FitResult, Task, TrainConfig, evaluate_split, resolve_device
 
 # Training presets. ``paper``: the reference repository's N-body settings (README of vgsatorras/egnn:
