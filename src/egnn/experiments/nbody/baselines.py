@@ -1,5 +1,5 @@
 """The baselines of the paper's N-body experiment (Table 2 of `arXiv:2102.09844 <https://arxiv.org/abs/2102.09844>`_),
-registered into :data:`~egnn.experiments.nbody.models.NBODY_MODELS` next to ``egnn``:
+registered by :mod:`egnn.experiments.nbody.models` into ``NBODY_MODELS`` next to ``egnn``:
 
 - ``linear``: ``x(t) = x(0) + t v(0)`` with a learned scalar ``t`` (paper MSE 0.0819);
 - ``gnn``: message passing GNN on ``[x, v]`` (not equivariant) (0.0107);
@@ -32,8 +32,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from egnn.experiments.nbody.data import NBodyBatch
-from egnn.experiments.nbody.models import NBODY_MODELS, NBodyModel
 from egnn.nn import GCL, RadialFieldLayer
 from egnn.nn.egcl import make_activation
 from egnn.ops import scatter_mean, scatter_sum
@@ -433,44 +431,3 @@ class SE3Transformer(_E3NNDynamics):
         for block, act in zip(self.blocks, self.acts):
             f = act(block(f, g))
         return pos + self.out_scale * self.out(f, g)[1].reshape(-1, 3)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# registration
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _predict_linear(model: nn.Module, b: NBodyBatch) -> Tensor:
-    return model(b.pos, b.vel)
-
-
-def _predict_gnn(model: nn.Module, b: NBodyBatch) -> Tensor:
-    return model(b.pos, b.vel, b.edge_index, b.edge_attr[:, :1])  # edge attribute q_i q_j only
-
-
-def _predict_rf(model: nn.Module, b: NBodyBatch) -> Tensor:
-    return model(b.pos, b.vel, b.h, b.edge_index, b.edge_attr)
-
-
-def _predict_e3nn(model: nn.Module, b: NBodyBatch) -> Tensor:
-    return model(b.pos, b.vel, b.charges, b.edge_index)
-
-
-BASELINES: dict[str, NBodyModel] = {
-    # paper_mse: arXiv:2102.09844, Table 2. lr: reference README (vgsatorras/egnn) N-body commands.
-    "linear": NBodyModel(build=LinearDynamics, predict=_predict_linear, hparams={}, lr=5e-4,  # argparse default
-                          paper_mse=0.0819),
-    "gnn": NBodyModel(build=GNNBaseline, predict=_predict_gnn, hparams={"hidden_nf": 64, "n_layers": 4},
-                      lr=1e-3, paper_mse=0.0107),
-    "rf": NBodyModel(build=RadialField, predict=_predict_rf, hparams={"hidden_nf": 64, "n_layers": 4},
-                     lr=2e-4, paper_mse=0.0104),
-    "tfn": NBodyModel(build=TensorFieldNetwork, predict=_predict_e3nn,
-                      hparams={"hidden_nf": 32, "n_layers": 4, "num_degrees": 2}, lr=1e-3, paper_mse=0.0155),
-    "se3_transformer": NBodyModel(build=SE3Transformer, predict=_predict_e3nn,
-                                  hparams={"hidden_nf": 64, "n_layers": 4, "num_degrees": 3}, lr=5e-3,
-                                  paper_mse=0.0244),
-}
-
-for _name, _spec in BASELINES.items():
-    if _name not in NBODY_MODELS:  # idempotent if this module is imported twice under different names
-        NBODY_MODELS.add(_name, _spec)
