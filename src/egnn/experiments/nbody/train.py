@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from egnn.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
-from egnn.experiments.nbody.data import NBodyBatch, NBodySplit, load_nbody
+from egnn.experiments.nbody.data import NBodyBatch, NBodySplit, edge_features, load_nbody
 from egnn.experiments.nbody.models import NBODY_MODELS
 from egnn.experiments.plots import plot_training_curve
 from egnn.experiments.trainer import FitResult, Task, TrainConfig, Trainer, evaluate_split, resolve_device
@@ -155,10 +155,8 @@ def rollout(model: nn.Module, predict, loc, vel, charges, start: int = 30, step:
     preds = [b.pos.cpu()]
     pos, v = b.pos, b.vel
     for _ in range(len(true) - 1):
-        diff = pos[b.edge_index[1]] - pos[b.edge_index[0]]
         batch = NBodyBatch(h=v.norm(dim=-1, keepdim=True), pos=pos, vel=v, charges=b.charges,
-                           edge_index=b.edge_index,
-                           edge_attr=torch.cat([b.edge_attr[:, :1], (diff * diff).sum(-1, keepdim=True)], -1),
+                           edge_index=b.edge_index, edge_attr=edge_features(pos, b.edge_index, b.edge_attr[:, :1]),
                            target=pos, batch=b.batch, num_graphs=1, n_particles=b.n_particles)
         new = predict(model, batch)
         v = (new - pos) / (step * frame_dt)  # finite-difference velocity for the next application
