@@ -4,18 +4,9 @@ import pytest
 import torch
 
 from egnn.nn import GCL
-from egnn.ops import fully_connected_edges, radius_graph
+from egnn.ops import radius_graph
 from egnn.testing import assert_equivariant
-
-
-def make_inputs(dtype: torch.dtype, edge_dim: int = 0, feat: int = 6, sizes=(5, 3, 6), seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    n = sum(sizes)
-    edge_index = fully_connected_edges(list(sizes))
-    inputs = {"h": torch.randn(n, feat, generator=g, dtype=torch.float64).to(dtype), "edge_index": edge_index}
-    if edge_dim:
-        inputs["edge_attr"] = torch.randn(edge_index.shape[1], edge_dim, generator=g, dtype=torch.float64).to(dtype)
-    return inputs
+from tests.nn.layer_checks import assert_seeded_reset_redraws_init, random_graph
 
 
 @pytest.mark.parametrize(
@@ -26,7 +17,7 @@ def make_inputs(dtype: torch.dtype, edge_dim: int = 0, feat: int = 6, sizes=(5, 
 def test_permutation_equivariant(opts: dict, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     layer = GCL(6, 16, **opts).to(dtype)
-    inputs = make_inputs(dtype, opts.get("edge_dim", 0))
+    inputs = random_graph(dtype, h=6, edge_attr=opts.get("edge_dim", 0))
     pos = torch.zeros(inputs["h"].shape[0], 3, dtype=dtype)  # assert_equivariant permutes along pos's nodes
     out = layer(**inputs)
     assert out.shape == (pos.shape[0], opts.get("out_channels", 6))
@@ -70,15 +61,9 @@ def test_equations_node_by_node() -> None:
 def test_state_dict_keys_and_reset() -> None:
     """Key names are those of the checkpoints written before the layer moved here; a seeded reset redraws the
     seeded constructor's weights."""
-    torch.manual_seed(3)
-    layer = GCL(4, 8, out_channels=4, edge_dim=1)
+    layer = assert_seeded_reset_redraws_init(lambda: GCL(4, 8, out_channels=4, edge_dim=1), seed=3)
     assert list(layer.state_dict()) == [f"{mlp}.{i}.{p}" for mlp in ("edge_mlp", "node_mlp") for i in (0, 2)
                                         for p in ("weight", "bias")]
-    first = {k: v.clone() for k, v in layer.state_dict().items()}
-    torch.manual_seed(3)
-    layer.reset_parameters()
-    for k, v in layer.state_dict().items():
-        assert torch.equal(v, first[k]), k
 
 
 def test_bad_sizes_rejected() -> None:

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from egnn.nn import RadialFieldLayer
-from egnn.ops import fully_connected_edges, radius_graph
+from egnn.ops import radius_graph
 from egnn.testing import assert_equivariant
+from tests.nn.layer_checks import assert_seeded_reset_redraws_init, random_graph
 
 OPTIONS = {
     "plain": {},
@@ -25,24 +26,13 @@ def make_layer(dtype: torch.dtype, seed: int = 0, **opts) -> RadialFieldLayer:
     return layer
 
 
-def make_inputs(dim: int, dtype: torch.dtype, edge_dim: int = 0, vel: bool = False, sizes=(5, 3, 6)) -> dict:
-    g = torch.Generator().manual_seed(dim)
-    n = sum(sizes)
-    edge_index = fully_connected_edges(list(sizes))
-    inputs = {"pos": torch.randn(n, dim, generator=g, dtype=torch.float64).to(dtype), "edge_index": edge_index}
-    if edge_dim:
-        inputs["edge_attr"] = torch.randn(edge_index.shape[1], edge_dim, generator=g, dtype=torch.float64).to(dtype)
-    if vel:
-        inputs["vel"] = torch.randn(n, dim, generator=g, dtype=torch.float64).to(dtype)
-    return inputs
-
-
 @pytest.mark.parametrize("dim", [2, 3, 5])
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_equivariant(name: str, dim: int, dtype: torch.dtype) -> None:
     opts = OPTIONS[name]
     layer = make_layer(dtype, **opts)
-    inputs = make_inputs(dim, dtype, opts.get("edge_dim", 0), opts.get("velocity", False))
+    vel_dim = dim if opts.get("velocity") else 0
+    inputs = random_graph(dtype, seed=dim, pos=dim, edge_attr=opts.get("edge_dim", 0), vel=vel_dim)
     assert_equivariant(layer, inputs, {"out0": "position"}, trials=2)
     assert (layer(**inputs) - inputs["pos"]).abs().max() > 1e-3  # the coordinate path is really exercised
 
@@ -96,7 +86,7 @@ def test_clamp_bounds_each_message() -> None:
 def test_active_clamp_keeps_translations_and_permutations_only() -> None:
     """The clamp acts per component (as the reference's): once it bites, rotations no longer commute."""
     layer = make_layer(torch.float64, clamp=0.05)
-    inputs = make_inputs(3, torch.float64)
+    inputs = random_graph(torch.float64, pos=3)
     assert_equivariant(layer, inputs, {"out0": "position"}, rotate=False, reflect=False, trials=2)
     with pytest.raises(AssertionError, match="not equivariant"):
         assert_equivariant(layer, inputs, {"out0": "position"}, translate=False, permute=False, trials=2)
@@ -105,17 +95,11 @@ def test_active_clamp_keeps_translations_and_permutations_only() -> None:
 def test_state_dict_keys_and_reset() -> None:
     """Key names are those of the checkpoints written before the layer moved here; a seeded reset redraws the
     seeded constructor's weights (including the small-gain start of phi's last map)."""
-    torch.manual_seed(6)
-    layer = RadialFieldLayer(8, edge_dim=2, tanh=True, velocity=True)
+    layer = assert_seeded_reset_redraws_init(lambda: RadialFieldLayer(8, edge_dim=2, tanh=True, velocity=True), 6)
     assert list(layer.state_dict()) == ["phi.0.weight", "phi.0.bias", "phi.2.weight", "phi_v.0.weight",
                                         "phi_v.0.bias", "phi_v.2.weight", "phi_v.2.bias"]
     assert list(RadialFieldLayer(8, edge_dim=1).state_dict()) == ["phi.0.weight", "phi.0.bias", "phi.2.weight"]
-    first = {k: v.clone() for k, v in layer.state_dict().items()}
-    assert first["phi.2.weight"].abs().max() < 1e-3
-    torch.manual_seed(6)
-    layer.reset_parameters()
-    for k, v in layer.state_dict().items():
-        assert torch.equal(v, first[k]), k
+    assert layer.phi[2].weight.abs().max() < 1e-3
 
 
 def test_bad_arguments_rejected() -> None:
