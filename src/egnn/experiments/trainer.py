@@ -14,6 +14,7 @@ continues exactly as if it had not stopped.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -26,7 +27,14 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from egnn.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
+from egnn.checkpoint import (
+    CheckpointError,
+    append_text,
+    atomic_write,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+)
 
 
 class DataSplit(Protocol):
@@ -50,6 +58,8 @@ class Task:
     loss: Callable[[nn.Module, Any], Tensor]
     metric: Callable[[nn.Module, Any], tuple[Tensor, int]]
     metric_name: str = "mse"
+    # the metric differentiates the model (e.g. forces as -dE/dx): evaluate with autograd on
+    metric_needs_grad: bool = False
 
 
 @dataclass
@@ -70,7 +80,7 @@ class TrainConfig:
     checkpoint_every: int = 5
     seed: int = 0
     max_minutes: float | None = None  # stop (after an evaluation and a checkpoint) once past this
-    target: float | None = None  # record the wall time at which the test metric first reaches this
+    target_metric: float | None = None  # record the wall time at which the test metric first reaches this
     compile: bool = False
     device: str = "auto"
     progress: bool = True
@@ -82,7 +92,7 @@ class TrainConfig:
 
 
 # settings that may differ between a run and its resumption without changing its course
-_RESUME_FREE = {"epochs", "max_minutes", "progress", "device", "compile", "target", "checkpoint_every"}
+_RESUME_FREE = {"epochs", "max_minutes", "progress", "device", "compile", "target_metric", "checkpoint_every"}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -144,20 +154,28 @@ def _warm_ema(decay: float):
     return update
 
 
-@torch.no_grad()
 def evaluate_split(
-    task: Task, split: DataSplit, model: nn.Module, device: torch.device, batch_size: int = 500
+    task: Task, split: DataSplit, model: nn.Module, device: torch.device, batch_size: int = 500,
+    progress: bool = False, desc: str = "eval",
 ) -> float:
-    """Mean of ``task.metric`` over a split, in eval mode."""
+    """Mean of ``task.metric`` over a split, in eval mode (under ``torch.inference_mode`` unless the metric
+    needs gradients), with an optional progress bar over the batches."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     n = len(split)
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(n, start + batch_size))
-        s, c = task.metric(model, split.get(idx, device))
-        total += float(s)
-        count += c
+    starts = range(0, n, batch_size)
+    context = torch.enable_grad if task.metric_needs_grad else torch.inference_mode
+    with context(), tqdm(total=len(starts), desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                         disable=not progress or len(starts) < 2) as bar:
+        for start in starts:
+            idx = torch.arange(start, min(n, start + batch_size))
+            s, c = task.metric(model, split.get(idx, device))
+            total += float(s)
+            count += c
+            bar.update(1)
     model.train(was_training)
     return total / max(count, 1)
 
@@ -209,17 +227,19 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
                                                                    find_unused_parameters=True)
         if cfg.compile:
-            self.train_model = torch.compile(self.train_model)
+            # one graph for every batch size: node and edge counts are marked dynamic from the first call
+            self.train_model = torch.compile(self.train_model, dynamic=True)
         self.epoch = 0
         self.step = 0
         self.train_seconds = 0.0
         self.best = {"epoch": -1, "valid": math.inf, "test": None}
         self.time_to_target: float | None = None
         self.history: list[dict[str, Any]] = []
+        self._steps_per_epoch = len(shard_batches(torch.arange(len(task.train)), cfg.batch_size, 0, self.world))
 
     # --- schedule ---------------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
-        return len(shard_batches(torch.arange(len(self.task.train)), self.cfg.batch_size, 0, self.world))
+        return self._steps_per_epoch
 
     def lr_at(self, step: int) -> float:
         c = self.cfg
@@ -237,8 +257,9 @@ class Trainer:
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
-    def evaluate(self, split: DataSplit, model: nn.Module | None = None) -> float:
-        return evaluate_split(self.task, split, model or self.eval_model(), self.device, self.cfg.eval_batch_size)
+    def evaluate(self, split: DataSplit, model: nn.Module | None = None, desc: str = "eval") -> float:
+        return evaluate_split(self.task, split, model or self.eval_model(), self.device, self.cfg.eval_batch_size,
+                              progress=self.cfg.progress and self.rank == 0, desc=desc)
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def _tree(self) -> dict[str, Any]:
@@ -308,25 +329,24 @@ class Trainer:
     _LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "valid", "test", "best_epoch", "best_valid",
                    "test_at_best", "train_seconds"]
 
-    def _rewrite_log(self) -> None:
-        # the log is regenerated from the checkpoint so rows after it (from a killed run) are dropped
-        with open(self.out / "log.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self._LOG_FIELDS)
+    def _csv(self, rows: list[dict[str, Any]], header: bool) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self._LOG_FIELDS)
+        if header:
             w.writeheader()
-            for row in self.history:
-                w.writerow(row)
+        w.writerows(rows)
+        return buf.getvalue()
+
+    def _rewrite_log(self) -> None:
+        # regenerated from the checkpoint, so rows after it (from a killed run) and a torn last line are dropped
+        atomic_write(self.out / "log.csv", self._csv(self.history, header=True))
 
     def _append_log(self, row: dict[str, Any]) -> None:
         self.history.append(row)
         if self.rank != 0:
             return
         path = self.out / "log.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self._LOG_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_text(path, self._csv([row], header=not path.exists()))
 
     # --- the loop --------------------------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -335,13 +355,19 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.epochs, initial=self.epoch, disable=not cfg.progress or self.rank != 0,
-                   desc="train", unit="ep", dynamic_ncols=True)
+        show = cfg.progress and self.rank == 0
+        bar = tqdm(total=cfg.epochs, initial=self.epoch, disable=not show, desc="train", unit="ep",
+                   dynamic_ncols=True)
+        # a second bar inside long epochs (more than a few dozen steps), refreshed at most 10 times a second
+        inner = tqdm(total=self._steps_per_epoch, disable=not show or self._steps_per_epoch < 50, leave=False,
+                     desc="epoch", unit="step", dynamic_ncols=True, mininterval=0.1)
         self.model.train()
         while self.epoch < cfg.epochs:
             t0 = time.perf_counter()
             order = epoch_order(len(self.task.train), cfg.seed, self.epoch)
             loss_sum, loss_n = 0.0, 0
+            inner.reset()
+            inner.set_description(f"epoch {self.epoch + 1}")
             for idx in shard_batches(order, cfg.batch_size, self.rank, self.world):
                 batch = self.task.train.get(idx, self.device)
                 for group in self.opt.param_groups:
@@ -363,6 +389,7 @@ class Trainer:
                 self.step += 1
                 loss_sum += value * idx.numel()
                 loss_n += idx.numel()
+                inner.update(1)
             self.epoch += 1
             elapsed = self.train_seconds + time.perf_counter() - t0
             out_of_time = cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes
@@ -370,16 +397,16 @@ class Trainer:
             row: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "lr": self.lr_at(max(0, self.step - 1)),
                                    "train_loss": loss_sum / max(loss_n, 1)}
             if self.epoch % cfg.eval_every == 0 or last:
-                valid = self.evaluate(self.task.valid)
-                test = self.evaluate(self.task.test) if self.task.test is not None else None
+                valid = self.evaluate(self.task.valid, desc="valid")
+                test = self.evaluate(self.task.test, desc="test") if self.task.test is not None else None
                 row.update(valid=valid, test=test)
                 if valid < self.best["valid"]:
                     self.best = {"epoch": self.epoch, "valid": valid, "test": test}
                     self.save_best()
                 # wall time of training and evaluation so far (checkpoint writes excluded)
                 now = self.train_seconds + time.perf_counter() - t0
-                if (cfg.target is not None and self.time_to_target is None and test is not None
-                        and self.best["test"] is not None and self.best["test"] <= cfg.target):
+                if (cfg.target_metric is not None and self.time_to_target is None and test is not None
+                        and self.best["test"] is not None and self.best["test"] <= cfg.target_metric):
                     self.time_to_target = now
                 bar.set_postfix({f"valid_{self.task.metric_name}": f"{valid:.5g}",
                                  f"best_test_{self.task.metric_name}": f"{self.best['test'] or float('nan'):.5g}"})
@@ -392,6 +419,7 @@ class Trainer:
             bar.update(1)
             if out_of_time:
                 break
+        inner.close()
         bar.close()
         return FitResult(
             best_epoch=self.best["epoch"], best_valid=self.best["valid"], test_at_best=self.best["test"],

@@ -9,7 +9,6 @@ import torch
 
 pytest.importorskip("networkx")
 
-from egnn.checkpoint import CheckpointError  # noqa: E402
 from egnn.experiments.ae.datasets import (  # noqa: E402
     AESplit,
     community_small,
@@ -21,6 +20,7 @@ from egnn.experiments.ae.metrics import EdgeCounts, dense_counts, edge_counts  #
 from egnn.experiments.ae.models import AE_MODELS, build_model  # noqa: E402
 from egnn.experiments.ae.train import evaluate_ae, format_table, train_ae, train_config_for  # noqa: E402
 from egnn.experiments.cli import main  # noqa: E402
+from egnn.experiments.run import RunFolderError
 from egnn.ops import fully_connected_edges  # noqa: E402
 from egnn.testing import assert_equivariant  # noqa: E402
 
@@ -259,7 +259,7 @@ def test_tiny_training_run_improves(tmp_path):
     assert last < first
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["test"]["f1"] == pytest.approx(run.test["f1"])
-    with pytest.raises(CheckpointError, match="already holds a run"):
+    with pytest.raises(RunFolderError, match="already holds a run"):
         train_ae("egnn", "erdos_renyi", tmp_path / "run", hparams=hp, split_sizes=sizes, epochs=8, progress=False)
     table = format_table([run], "test")
     assert "| EGNN |" in table and "1.65 | 0.11 | 0.998" in table
@@ -286,7 +286,7 @@ def test_cli_rejects_bad_arguments(argv, capsys, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_argparse_errors_exit_nonzero():
-    with pytest.raises(SystemExit) as err:
-        main(["ae", "train", "--epochs", "many"])
-    assert err.value.code == 2
+def test_cli_argparse_errors_exit_nonzero(capsys):
+    assert main(["ae", "train", "--epochs", "many"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--epochs" in err[0] and "'many'" in err[0]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from egnn.experiments.cli import CLIError
+from egnn.experiments.cli import main as cli_main
 from egnn.experiments.nbody import baselines, table
 from egnn.experiments.nbody.cli_baselines import register_baselines
 from egnn.experiments.nbody.data import NBodySplit, edge_features
@@ -266,11 +267,13 @@ def test_cli_table_and_errors(tiny_data, tmp_path, tiny_preset, capsys):
     assert args.func(args) == 0
     assert "| Linear |" in capsys.readouterr().out
     bad = _parser().parse_args(["table", "--data", str(small), "--out", str(tmp_path / "x"), "--models", "nope"])
-    with pytest.raises(CLIError, match="unknown N-body model"):
+    with pytest.raises(KeyError, match="unknown N-body model"):
         bad.func(bad)
-    missing = _parser().parse_args(["sweep", "--data", str(tmp_path / "none")])
-    with pytest.raises(CLIError, match="does not exist"):
-        missing.func(missing)
+    assert cli_main(["nbody", "table", "--data", str(small), "--out", str(tmp_path / "x"), "--models", "nope"]) == 2
+    assert "egnn: error: unknown N-body model 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["sweep", "--data", str(tmp_path / "none")])
+    assert "does not exist" in capsys.readouterr().err
     sizes = _parser().parse_args(["sweep", "--data", str(small), "--small", str(small), "--sizes", "1,x"])
     with pytest.raises(CLIError, match="--sizes"):
         sizes.func(sizes)

@@ -148,7 +148,7 @@ def test_train_nbody_end_to_end_and_eval(data_dir, tmp_path, capsys):
     res = train_nbody("egnn", data_dir, out, preset="quick", hparams=SMALL, epochs=3, eval_every=1,
                       progress=False, max_samples=40)
     assert res.best_epoch >= 1 and res.test_at_best is not None and np.isfinite(res.test_at_best)
-    for name in ("log.csv", "best.json", "best.safetensors", "last.json", "training_curve.png"):
+    for name in ("log.csv", "best.safetensors", "last.safetensors", "run.json", "training_curve.png"):
         assert (out / name).is_file(), name
     assert cli_main(["nbody", "eval", str(out / "best"), "--data", str(data_dir)]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -162,7 +162,7 @@ def test_cli_bad_arguments(data_dir, tmp_path, capsys):
     assert cli_main(["nbody", "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["nbody", "train", "--model", "transformer9", "--data", str(data_dir)]) == 2
-    assert "unknown model 'transformer9'" in capsys.readouterr().err
+    assert "invalid choice: 'transformer9'" in capsys.readouterr().err
     # an existing run is never overwritten without --resume
     out = tmp_path / "run"
     train_nbody("egnn", data_dir, out, preset="quick", hparams=SMALL, epochs=1, progress=False, max_samples=40)
@@ -182,7 +182,7 @@ def test_cli_bad_arguments(data_dir, tmp_path, capsys):
     assert cli_main(["nbody", "eval", str(out / "best"), "--data", str(data_dir)]) == 2
     assert "checksum" in capsys.readouterr().err
     assert cli_main(["nbody", "eval", str(tmp_path / "missing"), "--data", str(data_dir)]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "no run folder or checkpoint at" in capsys.readouterr().err
     # a checkpoint from another experiment
     from egnn.checkpoint import save_checkpoint
 

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from egnn.experiments.cli import CLIError, add_trainer_arguments
+from egnn.experiments.commands import (
+    CLIError,
+    add_command,
+    add_trainer_arguments,
+    out_folder,
+    positive_int,
+    trainer_overrides,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,32 +21,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     from egnn.experiments.ae.models import AE_MODELS
     from egnn.experiments.ae.train import OVERFIT_P, OVERFIT_PRESETS, PRESETS
 
-    t = sub.add_parser("train", help="train one autoencoder; test BCE / %% error / F1 at the best validation epoch")
-    t.add_argument("--model", default="egnn", help=f"one of: {', '.join(AE_MODELS.names())}")
-    t.add_argument("--dataset", default="community", help=f"one of: {', '.join(AE_DATASETS.names())}")
-    t.add_argument("--preset", default="quick", help=f"one of: {', '.join(sorted(PRESETS))}")
-    t.add_argument("--out", default=None, help="run directory (default runs/ae_<dataset>_<model>_<preset>)")
-    add_trainer_arguments(t)
-    t.set_defaults(func=_train)
+    t = add_command(sub, "train", _train, "train one autoencoder; test BCE / %% error / F1 at the best validation "
+                    "epoch")
+    t.add_argument("--model", default="egnn", choices=AE_MODELS.names(), help="model (default: egnn)")
+    t.add_argument("--dataset", default="community", choices=AE_DATASETS.names(), help="data set")
+    t.add_argument("--preset", default="quick", choices=PRESETS.names(), help="training recipe (default: quick)")
+    t.add_argument("--out", type=out_folder, default=None,
+                   help="run folder (default runs/ae_<dataset>_<model>_<preset>)")
+    add_trainer_arguments(t, compile_flag=False)
 
-    tb = sub.add_parser("table", help="train the four models on both data sets; print the table next to the paper's")
-    tb.add_argument("--preset", default="quick", help=f"one of: {', '.join(sorted(PRESETS))}")
-    tb.add_argument("--out", default=None, help="root directory of the runs (default runs/ae_table_<preset>)")
+    tb = add_command(sub, "table", _table, "train the four models on both data sets; print the table next to the "
+                     "paper's", device=True, progress=True)
+    tb.add_argument("--preset", default="quick", choices=PRESETS.names(), help="training recipe (default: quick)")
+    tb.add_argument("--out", type=out_folder, default=None,
+                    help="root folder of the runs (default runs/ae_table_<preset>)")
     tb.add_argument("--models", default=",".join(AE_MODELS.names()), help="comma-separated model names")
     tb.add_argument("--datasets", default=",".join(AE_DATASETS.names()), help="comma-separated data set names")
-    tb.add_argument("--device", default="auto")
-    tb.add_argument("--no-progress", action="store_true")
-    tb.set_defaults(func=_table)
 
-    o = sub.add_parser("overfit", help="F1 vs edge probability p when overfitting 100 Erdos-Renyi graphs (plot)")
-    o.add_argument("--preset", default="quick", help=f"one of: {', '.join(sorted(OVERFIT_PRESETS))}")
-    o.add_argument("--out", default=None, help="root directory (default runs/ae_overfit_<preset>)")
+    o = add_command(sub, "overfit", _overfit, "F1 vs edge probability p when overfitting 100 Erdos-Renyi graphs "
+                    "(plot)", device=True, progress=True)
+    o.add_argument("--preset", default="quick", choices=OVERFIT_PRESETS.names(), help="recipe (default: quick)")
+    o.add_argument("--out", type=out_folder, default=None, help="root folder (default runs/ae_overfit_<preset>)")
     o.add_argument("--p", default=",".join(f"{p:g}" for p in OVERFIT_P), help="comma-separated edge probabilities")
     o.add_argument("--models", default="gnn,noise_gnn,egnn", help="comma-separated model names")
-    o.add_argument("--epochs", type=int, default=None)
-    o.add_argument("--device", default="auto")
-    o.add_argument("--no-progress", action="store_true")
-    o.set_defaults(func=_overfit)
+    o.add_argument("--epochs", type=positive_int, default=None, help="override the preset's number of epochs")
 
 
 def _check_names(value: str, registry, what: str) -> list[str]:
@@ -47,41 +52,17 @@ def _check_names(value: str, registry, what: str) -> list[str]:
     if not names:
         raise CLIError(f"no {what} given")
     for name in names:
-        if name not in registry:
-            raise CLIError(f"unknown {what} {name!r}; choose one of: {', '.join(registry.names())}")
+        registry.get(name)  # a clear error for an unknown name
     return names
 
 
-def _check_preset(preset: str, presets: dict) -> None:
-    if preset not in presets:
-        raise CLIError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted(presets))}")
-
-
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and value <= 0:
-        raise CLIError(f"{name} must be positive, got {value}")
-
-
 def _train(args: argparse.Namespace) -> int:
-    from egnn.checkpoint import CheckpointError
-    from egnn.experiments.ae.datasets import AE_DATASETS
-    from egnn.experiments.ae.models import AE_MODELS
-    from egnn.experiments.ae.train import PRESETS, train_ae
+    from egnn.experiments.ae.train import train_ae
 
-    if args.model not in AE_MODELS:
-        raise CLIError(f"unknown model {args.model!r}; choose one of: {', '.join(AE_MODELS.names())}")
-    if args.dataset not in AE_DATASETS:
-        raise CLIError(f"unknown data set {args.dataset!r}; choose one of: {', '.join(AE_DATASETS.names())}")
-    _check_preset(args.preset, PRESETS)
-    for name in ("epochs", "lr", "batch_size", "max_minutes"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name))
     out = args.out or f"runs/ae_{args.dataset}_{args.model}_{args.preset}"
-    try:
-        run = train_ae(args.model, args.dataset, out, preset=args.preset, resume=args.resume, epochs=args.epochs,
-                       lr=args.lr, batch_size=args.batch_size, seed=args.seed, max_minutes=args.max_minutes,
-                       device=args.device, progress=not args.no_progress)
-    except (CheckpointError, ModuleNotFoundError, ValueError) as err:
-        raise CLIError(str(err)) from None
+    overrides = trainer_overrides(args)
+    overrides.pop("compile")
+    run = train_ae(args.model, args.dataset, out, preset=args.preset, resume=args.resume, **overrides)
     print(json.dumps(run.test, indent=1))
     print(f"test BCE {run.test['bce']:.3f}  % error {run.test['error_percent']:.3f}  F1 {run.test['f1']:.4f}  "
           f"(best epoch {run.fit['best_epoch']}; run: {out})")
@@ -89,34 +70,27 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from egnn.checkpoint import CheckpointError
+    from egnn.checkpoint import atomic_write
     from egnn.experiments.ae.datasets import AE_DATASETS
     from egnn.experiments.ae.models import AE_MODELS
-    from egnn.experiments.ae.train import PRESETS, format_table, run_table
+    from egnn.experiments.ae.train import format_table, run_table
 
-    _check_preset(args.preset, PRESETS)
     models = _check_names(args.models, AE_MODELS, "model")
     datasets = _check_names(args.datasets, AE_DATASETS, "data set")
     out = Path(args.out or f"runs/ae_table_{args.preset}")
-    try:
-        runs = run_table(out, preset=args.preset, models=models, datasets=datasets, device=args.device,
-                         progress=not args.no_progress)
-    except (CheckpointError, ModuleNotFoundError, ValueError) as err:
-        raise CLIError(str(err)) from None
+    runs = run_table(out, preset=args.preset, models=models, datasets=datasets, device=args.device,
+                     progress=not args.no_progress)
     text = format_table(runs, args.preset)
-    (out / "table.md").write_text(text + "\n")
+    atomic_write(out / "table.md", text + "\n")
     print(text)
     return 0
 
 
 def _overfit(args: argparse.Namespace) -> int:
-    from egnn.checkpoint import CheckpointError
     from egnn.experiments.ae.models import AE_MODELS
-    from egnn.experiments.ae.train import OVERFIT_PRESETS, run_overfit
+    from egnn.experiments.ae.train import run_overfit
 
-    _check_preset(args.preset, OVERFIT_PRESETS)
     models = _check_names(args.models, AE_MODELS, "model")
-    _positive("--epochs", args.epochs)
     try:
         ps = [float(v) for v in args.p.split(",") if v.strip()]
     except ValueError:
@@ -124,11 +98,8 @@ def _overfit(args: argparse.Namespace) -> int:
     if not ps or any(not 0.0 <= p <= 1.0 for p in ps):
         raise CLIError(f"--p values must be in [0, 1], got {args.p!r}")
     out = Path(args.out or f"runs/ae_overfit_{args.preset}")
-    try:
-        rows = run_overfit(out, preset=args.preset, ps=ps, models=models, epochs=args.epochs, device=args.device,
-                           progress=not args.no_progress)
-    except (CheckpointError, ModuleNotFoundError, ValueError) as err:
-        raise CLIError(str(err)) from None
+    rows = run_overfit(out, preset=args.preset, ps=ps, models=models, epochs=args.epochs, device=args.device,
+                       progress=not args.no_progress)
     print("| p | " + " | ".join(AE_MODELS.get(m).label + " F1" for m in models) + " |")
     print("|---|" + "---|" * len(models))
     for p in ps:

@@ -10,22 +10,22 @@ with the best validation BCE, evaluated with a fixed seed for the random inputs.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from egnn.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from egnn.experiments.ae.datasets import AE_DATASETS, AEBatch, AESplit, load_ae_dataset, overfit_split
 from egnn.experiments.ae.metrics import EdgeCounts, edge_counts, graph_bce
 from egnn.experiments.ae.models import AE_MODELS, GraphAutoencoder, build_model
 from egnn.experiments.plots import plot_training_curve
-from egnn.experiments.trainer import FitResult, Task, TrainConfig, Trainer
+from egnn.experiments.registry import Registry
+from egnn.experiments.run import LRRule, Preset, grid_cell, load_trained, pyplot, train_run, write_json
+from egnn.experiments.trainer import FitResult, Task, TrainConfig
 
 # Training presets.
 # ``paper``: the reference's settings (vgsatorras/egnn ``main_ae.py`` defaults and README commands): Adam,
@@ -37,38 +37,38 @@ from egnn.experiments.trainer import FitResult, Task, TrainConfig, Trainer
 #   at 2e-3 its loss became NaN in the first epoch. Measured: 2-10 minutes per model and data set on one thread,
 #   ~30 minutes for the whole table with the two data sets in parallel. At 12 epochs the EGNN was still far from
 #   converged on Community Small (BCE 10.9); at 40 epochs it was still improving (1.64).
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"epochs": 100, "batch_size": 1, "lr": 1e-4, "weight_decay": 1e-16, "schedule": "cosine",
-              "eval_every": 2, "checkpoint_every": 2},
-    "quick": {"epochs": 80, "batch_size": 16, "lr": 2e-3, "weight_decay": 1e-16, "schedule": "cosine",
-              "warmup_steps": 100, "final_lr_ratio": 0.01, "grad_clip": 100.0, "eval_every": 1,
-              "checkpoint_every": 1},
-}
+_PAPER = {"epochs": 100, "batch_size": 1, "weight_decay": 1e-16, "schedule": "cosine", "eval_every": 2,
+          "checkpoint_every": 2}
+_QUICK = {"epochs": 80, "batch_size": 16, "weight_decay": 1e-16, "schedule": "cosine", "warmup_steps": 100,
+          "final_lr_ratio": 0.01, "grad_clip": 100.0, "eval_every": 1, "checkpoint_every": 1}
+# the EGNN diverged at the quick lr (2e-3: NaN loss in the first epoch); 1e-3 is stable
+_QUICK_LR = LRRule(value=2e-3, per_model={"egnn": 1e-3})
+PRESETS: Registry[Preset] = Registry("autoencoder preset")
+PRESETS.add("paper", Preset("the reference's: one graph per step, 100 epochs, lr 1e-4, cosine", _PAPER,
+                            LRRule(value=1e-4)))
+PRESETS.add("quick", Preset("80 epochs of batches of 16 graphs (25000 steps), lr 2e-3 (EGNN 1e-3), warm-up, cosine, "
+                            "clip 100", _QUICK, _QUICK_LR))
 
 # The overfitting study (the reference README: 100 Erdos-Renyi graphs, 10001 epochs of one graph per step,
 # lr 1e-4, evaluation every 200 epochs, K = 16 and embedding size 16). ``quick``: 1500 epochs of 4 batches of
 # 25 graphs (6000 steps; 1.5-4 min per run on one thread) with the table's quick optimiser settings.
-OVERFIT_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"epochs": 10001, "batch_size": 1, "lr": 1e-4, "weight_decay": 1e-16, "schedule": "cosine",
-              "eval_every": 200, "checkpoint_every": 200},
-    "quick": {"epochs": 1500, "batch_size": 25, "lr": 2e-3, "weight_decay": 1e-16, "schedule": "cosine",
-              "warmup_steps": 100, "final_lr_ratio": 0.01, "grad_clip": 100.0, "eval_every": 50,
-              "checkpoint_every": 100},
-}
+OVERFIT_PRESETS: Registry[Preset] = Registry("overfitting preset")
+OVERFIT_PRESETS.add("paper", Preset("the reference's: 10001 epochs of one graph per step, lr 1e-4",
+                                    {**_PAPER, "epochs": 10001, "eval_every": 200, "checkpoint_every": 200},
+                                    LRRule(value=1e-4)))
+OVERFIT_PRESETS.add("quick", Preset("1500 epochs of 4 batches of 25 graphs, the table's quick optimiser",
+                                    {**_QUICK, "epochs": 1500, "batch_size": 25, "eval_every": 50,
+                                     "checkpoint_every": 100}, _QUICK_LR))
 OVERFIT_MODELS = ("gnn", "noise_gnn", "egnn")
 OVERFIT_HPARAMS = {"gnn": {"emb_nf": 16}, "noise_gnn": {"emb_nf": 16}, "egnn": {"K": 16}, "rf": {"K": 16}}
 OVERFIT_P = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
-def train_config_for(preset: str, presets: dict[str, dict[str, Any]] = PRESETS, model_name: str | None = None,
+def train_config_for(preset: str, presets: Registry[Preset] = PRESETS, model_name: str | None = None,
                      **overrides: Any) -> TrainConfig:
-    """The preset's settings (with the model's own ``quick_lr`` under ``quick``), updated by ``overrides``."""
-    if preset not in presets:
-        raise ValueError(f"preset must be one of {sorted(presets)}, got {preset!r}")
-    cfg = TrainConfig(**presets[preset])
-    if preset == "quick" and model_name is not None and AE_MODELS.get(model_name).quick_lr is not None:
-        cfg = replace(cfg, lr=AE_MODELS.get(model_name).quick_lr)
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    """The preset's settings (with the model's own learning rate where the preset names one), updated by the
+    non-``None`` ``overrides``."""
+    return presets.get(preset).train_config(None, model_name, **overrides)
 
 
 def make_task(train: AESplit, valid: AESplit, test: AESplit | None) -> Task:
@@ -104,14 +104,13 @@ def evaluate_ae(model: GraphAutoencoder, split: AESplit, device: torch.device | 
     return total
 
 
+def _build_from_meta(meta: dict[str, Any]) -> GraphAutoencoder:
+    return build_model(meta["model"], **meta["hparams"])[0]
+
+
 def load_ae_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[GraphAutoencoder, dict]:
-    """Model and meta from a checkpoint written by :func:`train_ae` (``best`` or ``last``)."""
-    tree, meta = load_checkpoint(checkpoint, map_location=device)
-    if meta.get("experiment") != "ae":
-        raise CheckpointError(f"{checkpoint} is not a graph autoencoder checkpoint")
-    model, _ = build_model(meta["model"], **meta["hparams"])
-    load_state_dict_strict(model, tree.get("model") if isinstance(tree, dict) else None, what=meta["model"])
-    return model.to(device).eval(), meta
+    """Model and meta from a run folder (its ``best``) or a checkpoint written by :func:`train_ae`."""
+    return load_trained(checkpoint, "ae", _build_from_meta, device, what="a graph autoencoder checkpoint")
 
 
 @dataclass
@@ -126,16 +125,12 @@ class AERun:
 
 
 def _fit(model_name: str, splits: dict[str, AESplit], out: Path, cfg: TrainConfig, hparams: dict[str, Any],
-         meta_extra: dict[str, Any], resume: bool) -> tuple[FitResult, GraphAutoencoder, torch.device]:
-    if not resume and (out / "last.json").exists():
-        raise CheckpointError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+         identity: dict[str, Any], resume: bool) -> tuple[FitResult, GraphAutoencoder, torch.device]:
     torch.manual_seed(cfg.seed)
     model, hp = build_model(model_name, **hparams)
-    meta = {"experiment": "ae", "model": model_name, "hparams": hp, **meta_extra}
-    trainer = Trainer(model, make_task(splits["train"], splits["valid"], splits.get("test")), cfg, out, meta)
-    if resume:
-        trainer.resume()
-    result = trainer.fit()
+    identity = {"experiment": "ae", "model": model_name, "hparams": hp, **identity}
+    task = make_task(splits["train"], splits["valid"], splits.get("test"))
+    result, trainer = train_run(model, task, cfg, out, identity, resume)
     best, _ = load_ae_model(out / "best", trainer.device)
     return result, best, trainer.device
 
@@ -159,13 +154,13 @@ def train_ae(
     out = Path(out_dir)
     t0 = time.perf_counter()
     splits = load_ae_dataset(dataset, split_sizes)
-    meta_extra = {"dataset": dataset, "split_sizes": {k: len(v) for k, v in splits.items()}}
-    result, best, device = _fit(model_name, splits, out, cfg, hparams or {}, meta_extra, resume)
+    identity = {"dataset": dataset, "split_sizes": {k: len(v) for k, v in splits.items()}, "preset": preset}
+    result, best, device = _fit(model_name, splits, out, cfg, hparams or {}, identity, resume)
     test = evaluate_ae(best, splits["test"], device, seed=eval_seed).as_dict()
     fit = asdict(result)
     fit.pop("history", None)
     run = AERun(model_name, dataset, fit, test, time.perf_counter() - t0)
-    (out / "metrics.json").write_text(json.dumps(asdict(run), indent=1))
+    write_json(out / "metrics.json", run)
     plot_training_curve(out / "log.csv", out / "training_curve.png", metric="BCE per graph", train_label="train BCE")
     return run
 
@@ -188,24 +183,23 @@ def run_table(
     for dataset in datasets:
         for name in models:
             out = root / f"{dataset}_{name}"
-            done = out / "metrics.json"
-            if done.exists():
-                runs.append(AERun(**json.loads(done.read_text())))
-                continue
-            print(f"== {name} on {dataset} ({preset}) -> {out}", flush=True)
-            t0 = time.perf_counter()
-            try:
-                runs.append(train_ae(name, dataset, out, preset=preset, resume=(out / "last.json").exists(),
-                                     **train_overrides))
-            except FloatingPointError as err:  # a diverged run is reported, not fatal to the table
-                print(f"   diverged: {err}", flush=True)
-                nan = float("nan")
-                runs.append(AERun(name, dataset, {"epochs_done": 0, "diverged": str(err)},
-                                  {"bce": nan, "error_percent": nan, "f1": nan}, time.perf_counter() - t0))
-                continue
-            r = runs[-1].test
-            print(f"   test BCE {r['bce']:.3f}  error {r['error_percent']:.3f}%  F1 {r['f1']:.4f}  "
-                  f"({runs[-1].seconds:.0f} s)", flush=True)
+
+            def compute(resume: bool, name: str = name, dataset: str = dataset, out: Path = out) -> dict[str, Any]:
+                print(f"== {name} on {dataset} ({preset}) -> {out}", flush=True)
+                t0 = time.perf_counter()
+                try:
+                    run = train_ae(name, dataset, out, preset=preset, resume=resume, **train_overrides)
+                except FloatingPointError as err:  # a diverged run is reported, not fatal to the table
+                    print(f"   diverged: {err}", flush=True)
+                    return asdict(AERun(name, dataset, {"epochs_done": 0, "diverged": str(err)},
+                                        {"bce": None, "error_percent": None, "f1": None},
+                                        time.perf_counter() - t0))
+                r = run.test
+                print(f"   test BCE {r['bce']:.3f}  error {r['error_percent']:.3f}%  F1 {r['f1']:.4f}  "
+                      f"({run.seconds:.0f} s)", flush=True)
+                return asdict(run)
+
+            runs.append(AERun(**grid_cell(out, compute)))
     return runs
 
 
@@ -224,8 +218,9 @@ def format_table(runs: Sequence[AERun], preset: str = "") -> str:
             spec = AE_MODELS.get(r.model)
             p = spec.paper.get(dataset)
             paper = f"{p[0]:.2f} | {p[1]:.2f} | {p[2]:.3f}" if p else "- | - | -"
-            lines.append(f"| {spec.label} | {r.test['bce']:.2f} | {r.test['error_percent']:.2f} | "
-                         f"{r.test['f1']:.3f} | {paper} | {r.fit['epochs_done']} | {r.seconds / 60:.1f} |")
+            ours = " | ".join("-" if r.test[k] is None else f"{r.test[k]:{f}}"
+                              for k, f in (("bce", ".2f"), ("error_percent", ".2f"), ("f1", ".3f")))
+            lines.append(f"| {spec.label} | {ours} | {paper} | {r.fit['epochs_done']} | {r.seconds / 60:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -248,18 +243,19 @@ def run_overfit(
         for name in models:
             cfg = train_config_for(preset, OVERFIT_PRESETS, model_name=name, **train_overrides)
             out = root / f"p{p:g}_{name}"
-            done = out / "metrics.json"
-            if done.exists():
-                rows.append(json.loads(done.read_text()))
-                continue
-            t0 = time.perf_counter()
-            _, best, device = _fit(name, {"train": split, "valid": split}, out, cfg, OVERFIT_HPARAMS.get(name, {}),
-                                   {"dataset": f"erdos_renyi_overfit_p{p:g}"}, (out / "last.json").exists())
-            counts = evaluate_ae(best, split, device)
-            row = {"p": p, "model": name, **counts.as_dict(), "seconds": time.perf_counter() - t0}
-            done.write_text(json.dumps(row))
-            rows.append(row)
-            print(f"   p={p:g} {name}: F1 {row['f1']:.4f}  BCE {row['bce']:.3f}", flush=True)
+
+            def compute(resume: bool, p: float = p, name: str = name, out: Path = out, cfg: TrainConfig = cfg,
+                        split: AESplit = split) -> dict[str, Any]:
+                t0 = time.perf_counter()
+                identity = {"dataset": f"erdos_renyi_overfit_p{p:g}", "preset": preset}
+                _, best, device = _fit(name, {"train": split, "valid": split}, out, cfg,
+                                       OVERFIT_HPARAMS.get(name, {}), identity, resume)
+                counts = evaluate_ae(best, split, device)
+                row = {"p": p, "model": name, **counts.as_dict(), "seconds": time.perf_counter() - t0}
+                print(f"   p={p:g} {name}: F1 {row['f1']:.4f}  BCE {row['bce']:.3f}", flush=True)
+                return row
+
+            rows.append(grid_cell(out, compute))
     with open(root / "overfit.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -270,10 +266,7 @@ def run_overfit(
 
 # --- plots -------------------------------------------------------------------------------------------------
 def plot_overfit(rows: Sequence[dict[str, Any]], out_png: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name in dict.fromkeys(r["model"] for r in rows):

@@ -8,7 +8,6 @@ the training curve and a rollout plot.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +22,18 @@ from egnn.experiments.nbody.train import (
     rollout,
     train_nbody,
 )
+from egnn.experiments.run import RunFolder
 from egnn.testing import assert_equivariant
+
+
+def _fresh_run_folder(out: Path) -> Path:
+    """``out/egnn``, or ``out/egnn-2``, ``-3`` ... when an earlier demo's run is there (it is kept, never
+    deleted or overwritten)."""
+    run, k = out / "egnn", 1
+    while run.exists() and (RunFolder(run).holds_run() or not run.is_dir()):
+        k += 1
+        run = out / f"egnn-{k}"
+    return run
 
 
 def run_demo(out: str | Path = "runs/demo", minutes: float = 4.0) -> int:
@@ -39,9 +49,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 4.0) -> int:
         generate_to_dir(data, preset="small", progress=True)
     else:
         print(f"[1/4] using the data set in {data}")
-    run = out / "egnn"
-    if run.exists():
-        shutil.rmtree(run)  # the demo owns this directory
+    run = _fresh_run_folder(out)
     print(f"[2/4] training EGNN (demo preset, at most {minutes:g} min) in {run} ...")
     result = train_nbody("egnn", data, run, preset="demo", max_minutes=minutes)
     print("[3/4] evaluating the best-validation checkpoint ...")
@@ -66,7 +74,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 4.0) -> int:
     model32 = model64.float()
     # four applications, frame 8 -> 18 -> 28 -> 38 -> 48 (the dynamics do not depend on the start time)
     pred, true = rollout(model32, predict, test["loc"][0], test["vel"][0], test["charges"][0], start=8, n_steps=4)
-    plot_rollout(pred, true, out / "rollout.png", "EGNN rollout: test trajectory 0, frames 8 -> 48")
+    plot_rollout(pred, true, run / "rollout.png", "EGNN rollout: test trajectory 0, frames 8 -> 48")
     step_mse = ((pred[1:] - true[1:]) ** 2).mean(dim=(1, 2)).tolist()
     total = time.perf_counter() - t_start
     print()
@@ -76,6 +84,6 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 4.0) -> int:
     print(f"  equivariance error of the trained model (float64, O(3) + translation + permutation): "
           f"{errors['pos']:.2e}")
     print(f"  rollout MSE after 1, 2, 3, 4 applications: {', '.join(f'{e:.4f}' for e in step_mse)}")
-    print(f"  plots: {run / 'training_curve.png'}, {out / 'rollout.png'}   log: {run / 'log.csv'}")
+    print(f"  plots: {run / 'training_curve.png'}, {run / 'rollout.png'}   log: {run / 'log.csv'}")
     print(f"  demo wall time: {total:.0f} s")
     return 0

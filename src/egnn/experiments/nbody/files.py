@@ -104,6 +104,23 @@ def load_split(
     missing = [name for name in names.values() if not (root / name).is_file()]
     if missing:
         raise FileNotFoundError(f"missing N-body file(s) in {str(root)!r}: {', '.join(missing)}; {GENERATE_HINT}")
-    arrays = {f: np.load(root / name, mmap_mode="r" if mmap else None) for f, name in names.items()}
+    arrays = {f: _load_array(root / name, mmap) for f, name in names.items()}
     _validate(arrays, n_particles, f"{_split_name(split)} in {root}")
     return arrays
+
+
+def _load_array(path: Path, mmap: bool) -> np.ndarray:
+    """One ``.npy`` file as a finite float array; a bad file is named with what is wrong with it."""
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        reason = "it holds pickled objects" if "pickle" in str(err) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path} is not a readable .npy array file ({reason})") from None
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{path} does not hold a numeric array (dtype {getattr(arr, 'dtype', type(arr))})")
+    # found now rather than when a split is first evaluated (one pass over the file)
+    finite = np.isfinite(arr).all() if np.issubdtype(arr.dtype, np.floating) else True
+    if not finite:
+        bad = np.argwhere(~np.isfinite(np.asarray(arr)))[0].tolist()
+        raise ValueError(f"{path} holds NaN or Inf values (first at index {bad})")
+    return arr

@@ -485,11 +485,17 @@ def generate_to_dir(
 
     Returns the written paths. The file suffix is the preset's (``..._charged5_initvel1small.npy``).
     """
-    from .files import save_split_files
+    from .files import SPLITS, save_split_files, split_file_names
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     cfg = dict(PRESETS[preset])
+    existing = [Path(out_dir) / name for split in SPLITS
+                for name in split_file_names(split, n_particles, cfg["suffix"]).values()
+                if (Path(out_dir) / name).exists()]
+    if existing:  # never overwrite a data set (it may be another run's, or the reference's own files)
+        raise ValueError(f"{existing[0]} already exists; generate into another --out (data files are never "
+                         f"overwritten)")
     t0 = time.perf_counter()
     data = generate_dataset(
         num_train=cfg["num_train"] if num_train is None else num_train,

@@ -17,11 +17,10 @@ Paper numbers: Table 2 of arXiv:2102.09844 (test MSE, 3000 training samples). Sw
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from egnn.experiments.nbody.data import load_nbody
 from egnn.experiments.nbody.models import NBODY_MODELS
 from egnn.experiments.nbody.train import forward_time_ms, load_model, train_nbody
 from egnn.experiments.registry import Registry
+from egnn.experiments.run import finite_or_none, grid_cell, markdown_table, pyplot, ratio, read_json, write_json
 from egnn.experiments.trainer import TrainConfig, resolve_device
 
 TABLE_MODELS = ("linear", "gnn", "rf", "tfn", "se3_transformer", "egnn")
@@ -96,17 +96,6 @@ TABLE_PRESETS.add("quick", TablePreset(
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def num_parameters(model: torch.nn.Module) -> int:
@@ -190,41 +179,37 @@ def train_table_model(model_name: str, data_dir: str | Path, out_dir: str | Path
     spec = NBODY_MODELS.get(model_name)
     tp = TABLE_PRESETS.get(preset)
     out = Path(out_dir)
-    done = _read_json(out / "result.json")
-    if done is not None:
-        plan = _read_json(out / "plan.json")
-        if done.get("planned_epochs") is None and plan is not None:
-            done["planned_epochs"] = plan["epochs"]
-        return TableRow(**done)
-    overrides: dict[str, Any] = {"device": device, "progress": progress}
     budget = (tp.budgets or {}).get(model_name)
     if tp.budgets is not None and budget is None:
         raise ValueError(f"table preset {preset!r} has no budget for model {model_name!r}")
-    if budget is not None:
-        plan = _read_json(out / "plan.json")
-        if plan is None:
-            splits = load_nbody(data_dir, "small", max_samples=3000)
-            sps = seconds_per_step(model_name, splits, device)
-            plan = plan_budgeted_run(budget, sps, len(splits["train"]), len(splits["valid"]) + len(splits["test"]))
-            _write_json(out / "plan.json", plan)
-        overrides.update(epochs=plan["epochs"], eval_every=plan["eval_every"], lr=budget.lr,
-                         max_minutes=1.3 * budget.minutes)
-        if budget.warmup_steps is not None:
-            overrides["warmup_steps"] = budget.warmup_steps
-        if not budget.ema:
-            overrides["ema_decay"] = 0.0  # falsy: no average (None would mean "keep the preset's")
-    resume = (out / "last.json").exists()
-    result = train_nbody(model_name, data_dir, out, preset=tp.train_preset, dataset="small", max_samples=3000,
-                         resume=resume, **overrides)
-    _, meta = load_model(out / "best")
-    cfg = TrainConfig.from_dict(meta["train_config"])
-    model = spec.build(**meta["hparams"])
-    row = TableRow(model=model_name, test_mse=result.test_at_best, valid_mse=result.best_valid,
-                   best_epoch=result.best_epoch, epochs=result.epochs_done, lr=cfg.lr,
-                   train_minutes=round(result.train_seconds / 60, 2), parameters=num_parameters(model),
-                   paper_mse=spec.paper_mse, planned_epochs=cfg.epochs)
-    _write_json(out / "result.json", asdict(row))
-    return row
+
+    def compute(resume: bool) -> dict[str, Any]:
+        overrides: dict[str, Any] = {"device": device, "progress": progress}
+        if budget is not None:
+            plan = read_json(out / "plan.json")  # fixed once: a resumed run must keep its epochs
+            if plan is None:
+                splits = load_nbody(data_dir, "small", max_samples=3000)
+                sps = seconds_per_step(model_name, splits, device)
+                plan = plan_budgeted_run(budget, sps, len(splits["train"]),
+                                         len(splits["valid"]) + len(splits["test"]))
+                write_json(out / "plan.json", plan)
+            overrides.update(epochs=plan["epochs"], eval_every=plan["eval_every"], lr=budget.lr,
+                             max_minutes=1.3 * budget.minutes)
+            if budget.warmup_steps is not None:
+                overrides["warmup_steps"] = budget.warmup_steps
+            if not budget.ema:
+                overrides["ema_decay"] = 0.0  # falsy: no average (None would mean "keep the preset's")
+        result = train_nbody(model_name, data_dir, out, preset=tp.train_preset, dataset="small",
+                             max_samples=3000, resume=resume, **overrides)
+        model, meta = load_model(out)
+        cfg = TrainConfig.from_dict(meta["train_config"])
+        return asdict(TableRow(model=model_name, test_mse=finite_or_none(result.test_at_best),
+                               valid_mse=finite_or_none(result.best_valid), best_epoch=result.best_epoch,
+                               epochs=result.epochs_done, lr=cfg.lr, train_minutes=round(result.train_seconds / 60, 2),
+                               parameters=num_parameters(model), paper_mse=spec.paper_mse,
+                               planned_epochs=cfg.epochs))
+
+    return TableRow(**grid_cell(out, compute))
 
 
 def time_models(rows: list[TableRow], out_dir: Path, data_dir: str | Path, device: str = "auto") -> None:
@@ -236,26 +221,23 @@ def time_models(rows: list[TableRow], out_dir: Path, data_dir: str | Path, devic
         row.forward_ms = forward_time_ms(model, NBODY_MODELS.get(row.model).predict, test, dev)
 
 
+def _fmt(value: float | None, spec: str) -> str | None:
+    return None if value is None else format(value, spec)
+
+
 def table_markdown(rows: list[TableRow], preset: str, extras: dict[str, Any] | None = None) -> str:
     """The comparison as a markdown table (ours beside the paper's Table 2)."""
     tp = TABLE_PRESETS.get(preset)
-    lines = [
-        f"## N-body (Table 2 of arXiv:2102.09844): preset `{preset}`",
-        "",
-        f"Budget: {tp.description}.",
-        "",
-        "| Model | Test MSE (ours) | Test MSE (paper) | ours / paper | Forward ms (batch 100) | Parameters "
-        "| Epochs | lr | Train min |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = [f"## N-body (Table 2 of arXiv:2102.09844): preset `{preset}`", "", f"Budget: {tp.description}.", ""]
+    header = ["Model", "Test MSE (ours)", "Test MSE (paper)", "ours / paper", "Forward ms (batch 100)", "Parameters",
+              "Epochs", "lr", "Train min"]
+    body = []
     for r in rows:
-        ratio = f"{r.test_mse / r.paper_mse:.2f}" if (r.test_mse is not None and r.paper_mse) else "-"
-        mse = f"{r.test_mse:.4f}" if r.test_mse is not None else "-"
-        paper = f"{r.paper_mse:.4f}" if r.paper_mse is not None else "-"
-        fwd = f"{r.forward_ms:.2f}" if r.forward_ms is not None else "-"
         of = f" of {r.planned_epochs}" if r.planned_epochs and r.planned_epochs != r.epochs else ""
-        lines.append(f"| {DISPLAY_NAMES.get(r.model, r.model)} | {mse} | {paper} | {ratio} | {fwd} | "
-                     f"{r.parameters:,} | {r.epochs}{of} (best {r.best_epoch}) | {r.lr:g} | {r.train_minutes:.1f} |")
+        body.append([DISPLAY_NAMES.get(r.model, r.model), _fmt(r.test_mse, ".4f"), _fmt(r.paper_mse, ".4f"),
+                     ratio(r.test_mse, r.paper_mse), _fmt(r.forward_ms, ".2f"), f"{r.parameters:,}",
+                     f"{r.epochs}{of} (best {r.best_epoch})", f"{r.lr:g}", f"{r.train_minutes:.1f}"])
+    lines.append(markdown_table(header, body))
     lines += ["", "Test MSE at the best validation epoch; seed-43 `small` set, 3000 training samples, 2000 valid, "
               "2000 test. Paper MSEs: Table 2 of arXiv:2102.09844. Epochs `a of b`: the wall-time cap stopped the "
               "run after `a` of its `b` planned epochs."]
@@ -337,24 +319,28 @@ def run_sweep(large_dir: str | Path, small_dir: str | Path, out_dir: str | Path,
     rows: list[dict[str, Any]] = []
     for name in names:
         for n in sizes:
-            run = out / name / f"n{n}"
-            row = _read_json(run / "result.json")
-            if row is None:
-                epochs = sweep_epochs(name, n, epoch_scale)
-                every = sweep_eval_every(n, epochs)
-                if progress:
-                    print(f"[sweep] {name}: {n} samples, {epochs} epochs", flush=True)
-                res = train_nbody(name, large_dir, run, preset=preset, dataset="large", max_samples=n,
-                                  valid_test_from=small_dir, resume=(run / "last.json").exists(), epochs=epochs,
-                                  eval_every=every, device=device, progress=progress)
-                row = {"model": name, "samples": n, "epochs": res.epochs_done, "eval_every": every,
-                       "best_epoch": res.best_epoch, "valid_mse": res.best_valid, "test_mse": res.test_at_best,
-                       "train_minutes": round(res.train_seconds / 60, 2)}
-                _write_json(run / "result.json", row)
-            rows.append(row)
+            rows.append(grid_cell(out / name / f"n{n}", _sweep_cell(name, n, large_dir, small_dir, out, epoch_scale,
+                                                                    preset, device, progress)))
             write_sweep_csv(rows, out / "sweep.csv")
     plot_sweep(rows, out / "sweep.png")
     return rows
+
+
+def _sweep_cell(name: str, n: int, large_dir: str | Path, small_dir: str | Path, out: Path, epoch_scale: float,
+                preset: str, device: str, progress: bool) -> Callable[[bool], dict[str, Any]]:
+    def compute(resume: bool) -> dict[str, Any]:
+        epochs = sweep_epochs(name, n, epoch_scale)
+        every = sweep_eval_every(n, epochs)
+        if progress:
+            print(f"[sweep] {name}: {n} samples, {epochs} epochs", flush=True)
+        res = train_nbody(name, large_dir, out / name / f"n{n}", preset=preset, dataset="large", max_samples=n,
+                          valid_test_from=small_dir, resume=resume, epochs=epochs, eval_every=every, device=device,
+                          progress=progress)
+        return {"model": name, "samples": n, "epochs": res.epochs_done, "eval_every": every,
+                "best_epoch": res.best_epoch, "valid_mse": finite_or_none(res.best_valid),
+                "test_mse": finite_or_none(res.test_at_best), "train_minutes": round(res.train_seconds / 60, 2)}
+
+    return compute
 
 
 def write_sweep_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
@@ -367,10 +353,7 @@ def write_sweep_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
 
 def plot_sweep(rows: list[dict[str, Any]], out_png: str | Path) -> None:
     """Log-log test MSE against the number of training samples, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["model"] for r in rows):

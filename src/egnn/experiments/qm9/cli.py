@@ -1,25 +1,32 @@
-"""``egnn qm9 <action>``: QM9 sub-commands.
+"""``egnn qm9 prepare | train | eval | table``: QM9 sub-commands.
 
-Each action is a ``_add_<action>(subparsers)`` function that adds its parser and sets ``func`` to a
-``_run_<action>(args) -> int``; list it in ``_ACTIONS``. Heavy modules are imported inside the run functions
-so ``egnn --help`` stays fast. User errors are raised as :class:`CLIError`.
+Heavy modules are imported inside the run functions so ``egnn --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from egnn.experiments.cli import CLIError, add_trainer_arguments
+from egnn.experiments.commands import (
+    CLIError,
+    add_command,
+    add_trainer_arguments,
+    checkpoint_arg,
+    float_in,
+    nonnegative_int,
+    out_folder,
+    positive_int,
+    trainer_overrides,
+)
 
 DEFAULT_OUT = "data/qm9"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the QM9 actions to ``egnn qm9``."""
-    for add in _ACTIONS:
+    for add in (_add_prepare, _add_train, _add_eval, _add_table):
         add(subparsers)
 
 
@@ -27,16 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "prepare",
-        help="parse QM9 into a verified cache and write the paper's splits",
+    p = add_command(
+        subparsers, "prepare", _run_prepare,
+        "parse QM9 into a verified cache and write the paper's splits", progress=True,
         description=(
             "Parse QM9 (default: the CSV files of the qm9pack package) into OUT/qm9.npz and write the "
             "paper's train/valid/test split (1-based GDB-9 indices) to OUT/splits.npz. A valid cache built "
             "from the same source is reused; a corrupt or outdated one is rebuilt."
         ),
     )
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
+    p.add_argument("--out", type=out_folder, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p.add_argument(
         "--source",
         default=None,
@@ -51,8 +58,6 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
         "the source, else the complement of qm9pack), 'none', or the path of uncharacterized.txt",
     )
     p.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_prepare)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
@@ -62,12 +67,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
     cache = out / qm9.CACHE_NAME
     before = cache.stat().st_mtime_ns if cache.exists() else None
     start = time.perf_counter()
-    try:
-        path = qm9.prepare(out, args.source, not args.no_progress, exclude=args.exclude, force=args.force)
-        meta = qm9.cache_info(path)
-        splits = qm9.load_splits(out)
-    except qm9.QM9DataError as err:
-        raise CLIError(str(err)) from err
+    path = qm9.prepare(out, args.source, not args.no_progress, exclude=args.exclude, force=args.force)
+    meta = qm9.cache_info(path)
+    splits = qm9.load_splits(out)
     elapsed = time.perf_counter() - start
     reused = before is not None and path.stat().st_mtime_ns == before
     print(
@@ -85,49 +87,43 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     from egnn.experiments.qm9.data import TARGET_NAMES
+    from egnn.experiments.qm9.train import PRESETS
 
-    p = subparsers.add_parser(
-        "train",
-        help="train the paper's EGNN on one property; test MAE at the best validation epoch",
+    p = add_command(
+        subparsers, "train", _run_train,
+        "train the paper's EGNN on one property; test MAE at the best validation epoch",
         description="Train on the paper's split (100,000 / 17,748 / 13,083). Presets: 'paper' (7 x 128, batch 96, "
         "1000 epochs: GPU work) and 'quick' (a smaller model for about 2 hours on 2 CPU cores).",
     )
-    p.add_argument("--target", required=True, metavar="NAME", help=f"one of: {', '.join(TARGET_NAMES)}")
-    p.add_argument("--preset", default="quick", metavar="paper|quick", help="training recipe (default: quick)")
-    p.add_argument("--max-train", type=int, default=None, help="use only the first N training molecules")
+    p.add_argument("--target", required=True, choices=TARGET_NAMES, metavar="NAME",
+                   help=f"one of: {', '.join(TARGET_NAMES)}")
+    p.add_argument("--preset", default="quick", choices=PRESETS.names(), help="training recipe (default: quick)")
+    p.add_argument("--max-train", type=positive_int, default=None, help="use only the first N training molecules")
     p.add_argument("--data", default=DEFAULT_OUT, help=f"folder of the prepared cache (default: {DEFAULT_OUT})")
-    p.add_argument("--out", default=None, help="run directory (default: runs/qm9_<target>_<preset>)")
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate valid/test every E epochs")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps")
-    p.add_argument("--ema-decay", type=float, default=None, help="weight averaging for evaluation (0: off)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    p.add_argument("--out", type=out_folder, default=None, help="run folder (default: runs/qm9_<target>_<preset>)")
+    p.add_argument("--eval-every", type=positive_int, default=None, help="evaluate valid/test every E epochs")
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=None, help="linear learning-rate warm-up steps")
+    p.add_argument("--ema-decay", type=float_in(0.0, 1.0, "a decay in [0, 1)", lo_open=False, hi_open=True),
+                   default=None, help="weight averaging for evaluation (0: off)")
     add_trainer_arguments(p)
-    p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     import json
 
-    from egnn.checkpoint import CheckpointError
     from egnn.experiments.qm9 import data as qm9
     from egnn.experiments.qm9 import train as qt
 
-    try:
-        qt.check_target(args.target)
-        qt.get_preset(args.preset)
-        out = args.out or f"runs/qm9_{args.target}_{args.preset}"
-        result = qt.train_qm9(
-            args.target, args.preset, out, data_dir=args.data, max_train=args.max_train, epochs=args.epochs,
-            resume=args.resume, device=args.device, lr=args.lr, batch_size=args.batch_size,
-            eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,
-            warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
-            compile=args.compile or None, progress=not args.no_progress,
-        )
-    except (CheckpointError, qm9.QM9DataError, ValueError) as err:
-        raise CLIError(str(err)) from None
+    out = args.out or f"runs/qm9_{args.target}_{args.preset}"
+    result = qt.train_qm9(
+        args.target, args.preset, out, data_dir=args.data, max_train=args.max_train, resume=args.resume,
+        eval_every=args.eval_every, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
+        **trainer_overrides(args),
+    )
     print(json.dumps(result.summary(), indent=1))
     unit = qm9.TARGETS[qm9.target_index(args.target)].unit
-    print(f"{args.target}: test MAE {result.test_at_best:.4g} {unit} at best validation epoch {result.best_epoch} "
+    mae = f"{result.test_at_best:.4g}" if result.test_at_best is not None else "n/a"
+    print(f"{args.target}: test MAE {mae} {unit} at best validation epoch {result.best_epoch} "
           f"(paper EGNN: {qt.PAPER_MAE[args.target]:g}; run: {out})")
     return 0
 
@@ -136,27 +132,22 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="test MAE (paper unit) of a checkpoint, recomputed from the data")
-    p.add_argument("checkpoint", help="run directory (its best-validation checkpoint) or checkpoint path")
+    p = add_command(subparsers, "eval", _run_eval, "test MAE (paper unit) of a run or checkpoint, recomputed from "
+                    "the data", device=True, progress=True)
+    p.add_argument("checkpoint", type=checkpoint_arg, help="run folder (its best checkpoint) or checkpoint path")
     p.add_argument("--target", default=None, help="fail unless the checkpoint was trained for this target")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split (default: test)")
     p.add_argument("--data", default=DEFAULT_OUT, help=f"folder of the prepared cache (default: {DEFAULT_OUT})")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from egnn.checkpoint import CheckpointError
-    from egnn.experiments.qm9 import data as qm9
     from egnn.experiments.qm9 import train as qt
 
-    try:
-        res = qt.evaluate_checkpoint(args.checkpoint, args.data, args.device, target=args.target, split=args.split)
-    except (CheckpointError, qm9.QM9DataError, ValueError) as err:
-        raise CLIError(str(err)) from None
-    print(json.dumps(res, indent=1))
+    res = qt.evaluate_checkpoint(args.checkpoint, args.data, args.device, target=args.target, split=args.split,
+                                 progress=not args.no_progress)
+    print(json.dumps(res, indent=1, allow_nan=False))
     return 0
 
 
@@ -164,10 +155,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _add_table(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("table", help="markdown table of finished runs beside the paper's Table 3")
+    p = add_command(subparsers, "table", _run_table, "markdown table of finished runs beside the paper's Table 3")
     p.add_argument("--runs", default="runs", help="folder searched for runs (default: runs)")
     p.add_argument("--all", action="store_true", help="also list unfinished runs")
-    p.set_defaults(func=_run_table)
 
 
 def _run_table(args: argparse.Namespace) -> int:
@@ -178,5 +168,3 @@ def _run_table(args: argparse.Namespace) -> int:
     print(qt.table(args.runs, include_unfinished=args.all))
     return 0
 
-
-_ACTIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_prepare, _add_train, _add_eval, _add_table)

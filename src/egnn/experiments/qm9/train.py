@@ -13,8 +13,9 @@ no self loops) come from :func:`egnn.ops.fully_connected_edges` (no Python loop 
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from egnn.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+from egnn.checkpoint import CheckpointError, read_checkpoint_info
 from egnn.experiments.plots import plot_training_curve
 from egnn.experiments.qm9 import data as qm9
 from egnn.experiments.qm9.model import PAPER_HPARAMS, build_model, predict
-from egnn.experiments.trainer import FitResult, Task, TrainConfig, Trainer, evaluate_split, resolve_device
+from egnn.experiments.registry import Registry
+from egnn.experiments.run import LRRule, Preset, load_trained, train_run
+from egnn.experiments.trainer import FitResult, Task, TrainConfig, evaluate_split, resolve_device
 from egnn.ops import fully_connected_edges
 
 # EGNN test MAE of arXiv:2102.09844, Table 3 (units of qm9.TARGETS).
@@ -44,40 +47,21 @@ def paper_lr(target: str) -> float:
     return 1e-3 if target in FAST_LR_TARGETS else 5e-4
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A training recipe: model hyper-parameters, optimisation settings and training-set size.
-
-    ``lr_scale`` multiplies the paper's per-target learning rate. ``max_train`` (``None`` = all 100,000)
-    takes the first molecules of the (randomly ordered) training split.
-    """
-
-    model: dict[str, Any]
-    train: dict[str, Any]
-    lr_scale: float = 1.0
-    max_train: int | None = None
-    description: str = ""
-
-
-PRESETS: dict[str, Preset] = {
-    # The paper's run: GPU work (1000 epochs over 100k molecules), evaluated every epoch as the reference.
-    "paper": Preset(
-        model=dict(PAPER_HPARAMS),
-        train={"epochs": 1000, "batch_size": 96, "weight_decay": 1e-16, "schedule": "cosine", "eval_every": 1,
-               "checkpoint_every": 1},
-        description="arXiv:2102.09844 / reference README: 7 x 128, batch 96, 1000 epochs, cosine",
-    ),
-    # A 4-layer, 64-wide model (same layout) over the full training set for 20 epochs: measured on 2 idle CPU
-    # cores, 36.5 min of training and evaluation, homo test MAE 54.8 meV (README). Twice the paper's learning
-    # rate with a short warm-up and weight averaging (EMA 0.999).
-    "quick": Preset(
-        model={**PAPER_HPARAMS, "hidden_nf": 64, "n_layers": 4},
-        train={"epochs": 20, "batch_size": 32, "weight_decay": 1e-16, "schedule": "cosine", "eval_every": 5,
-               "checkpoint_every": 1, "warmup_steps": 300, "ema_decay": 0.999},
-        lr_scale=2.0,
-        description="2 CPU cores / ~40 min: 4 x 64, batch 32, 20 epochs, cosine, 2x lr, EMA 0.999",
-    ),
-}
+PRESETS: Registry[Preset] = Registry("QM9 preset")
+# The paper's run: GPU work (1000 epochs over 100k molecules), evaluated every epoch as the reference.
+PRESETS.add("paper", Preset(
+    "arXiv:2102.09844 / reference README: 7 x 128, batch 96, 1000 epochs, cosine",
+    {"epochs": 1000, "batch_size": 96, "weight_decay": 1e-16, "schedule": "cosine", "eval_every": 1,
+     "checkpoint_every": 1},
+    model=dict(PAPER_HPARAMS)))
+# A 4-layer, 64-wide model (same layout) over the full training set for 20 epochs: measured on 2 idle CPU cores,
+# 36.5 min of training and evaluation, homo test MAE 54.8 meV (README). Twice the paper's learning rate with a
+# short warm-up and weight averaging (EMA 0.999).
+PRESETS.add("quick", Preset(
+    "2 CPU cores / ~40 min: 4 x 64, batch 32, 20 epochs, cosine, 2x lr, EMA 0.999",
+    {"epochs": 20, "batch_size": 32, "weight_decay": 1e-16, "schedule": "cosine", "eval_every": 5,
+     "checkpoint_every": 1, "warmup_steps": 300, "ema_decay": 0.999},
+    LRRule(scale=2.0), model={**PAPER_HPARAMS, "hidden_nf": 64, "n_layers": 4}))
 
 
 def check_target(target: str) -> str:
@@ -88,10 +72,7 @@ def check_target(target: str) -> str:
 
 
 def get_preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+    return PRESETS.get(name)
 
 
 # ------------------------------------------------------------------------------------------------ batching
@@ -249,10 +230,7 @@ def make_task(splits: dict[str, QM9Split], norm: Normalizer) -> Task:
 def train_config_for(target: str, preset: str, **overrides: Any) -> TrainConfig:
     """The preset's :class:`TrainConfig` for ``target`` with the non-``None`` ``overrides`` applied
     (``ema_decay=0`` turns weight averaging off)."""
-    p = get_preset(preset)
-    cfg = TrainConfig(lr=paper_lr(target) * p.lr_scale, **p.train)
-    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    return replace(cfg, ema_decay=cfg.ema_decay or None)
+    return get_preset(preset).train_config(paper_lr(target), **overrides)
 
 
 def train_qm9(
@@ -284,26 +262,28 @@ def train_qm9(
     p = get_preset(preset)
     cfg = train_config_for(target, preset, epochs=epochs, **train_overrides)
     hp = {**p.model, **(hparams or {})}
-    max_train = max_train if max_train is not None else p.max_train
+    max_train = max_train if max_train is not None else p.data.get("max_train")
     out = Path(out or f"runs/qm9_{target}_{preset}")
-    if not resume and (out / "last.json").exists():
-        raise CheckpointError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     splits = load_splits_for(data_dir, target, max_train)
     norm = Normalizer.fit(splits["train"].y.numpy())
     torch.manual_seed(cfg.seed)
     model = build_model(**hp)
-    meta = {"experiment": "qm9", "target": target, "preset": preset, "hparams": hp, "normalizer": asdict(norm),
-            "max_train": max_train, "n_train": len(splits["train"]), "unit": _unit(target)}
-    trainer = Trainer(model, make_task(splits, norm), cfg, out, meta)
-    if resume:
-        trainer.resume()
-    result = trainer.fit()
+    identity = {"experiment": "qm9", "target": target, "preset": preset, "hparams": hp, "max_train": max_train,
+                "n_train": len(splits["train"]), "data": _data_fingerprint(data_dir)}
+    meta = {"normalizer": asdict(norm), "unit": _unit(target)}
+    result, trainer = train_run(model, make_task(splits, norm), cfg, out, identity, resume, meta)
     if trainer.rank == 0:
         paper = PAPER_MAE[target]
         plot_training_curve(out / "log.csv", out / "training_curve.png", metric=f"{target} MAE ({_unit(target)})",
                             train_label="train MAE (running, per epoch)", train_scale=norm.mad,
                             references={f"paper EGNN {paper:g}": paper}, title=f"QM9 {target} ({preset})")
     return result
+
+
+def _data_fingerprint(data_dir: str | Path) -> str:
+    """Identifies the cache's content (from the checksums it records for each array)."""
+    arrays = qm9.cache_info(Path(data_dir) / qm9.CACHE_NAME).get("arrays", {})
+    return hashlib.sha256(json.dumps(arrays, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _unit(target: str) -> str:
@@ -313,33 +293,21 @@ def _unit(target: str) -> str:
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its ``best`` checkpoint; ``x.json`` / ``x.safetensors`` mean ``x``."""
-    p = Path(path)
-    if p.is_dir():
-        return p / "best"
-    return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
-
-
 def load_model(
     checkpoint: str | Path, device: torch.device | str = "cpu", target: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Model and meta of a QM9 checkpoint; ``target`` (if given) must be the one it was trained for."""
-    path = resolve_checkpoint(checkpoint)
-    tree, meta = load_checkpoint(path, map_location=device)
-    if meta.get("experiment") != "qm9":
-        raise CheckpointError(f"{path} is not a QM9 checkpoint (experiment={meta.get('experiment')!r})")
+    """Model and meta of a QM9 run folder (its ``best``) or checkpoint; ``target`` (if given) must be the one it
+    was trained for."""
+    model, meta = load_trained(checkpoint, "qm9", lambda m: build_model(**m["hparams"]), device,
+                               what="a QM9 checkpoint")
     if target is not None and meta.get("target") != check_target(target):
-        raise CheckpointError(f"{path} was trained for target {meta.get('target')!r}, not {target!r}")
-    model = build_model(**meta["hparams"])
-    state = tree.get("model") if isinstance(tree, dict) else None
-    load_state_dict_strict(model, state, what="QM9 model")
-    return model.to(device).eval(), meta
+        raise CheckpointError(f"{checkpoint} was trained for target {meta.get('target')!r}, not {target!r}")
+    return model, meta
 
 
 def evaluate_checkpoint(
     checkpoint: str | Path, data_dir: str | Path = "data/qm9", device: str = "auto", target: str | None = None,
-    split: str = "test",
+    split: str = "test", progress: bool = False,
 ) -> dict[str, Any]:
     """MAE (paper unit) of a checkpoint on a split, recomputed from the data.
 
@@ -351,7 +319,7 @@ def evaluate_checkpoint(
     model, meta = load_model(checkpoint, dev, target)
     splits = load_splits_for(data_dir, meta["target"], meta.get("max_train"))
     norm = Normalizer(**meta["normalizer"])
-    mae = evaluate_split(make_task(splits, norm), splits[split], model, dev)
+    mae = evaluate_split(make_task(splits, norm), splits[split], model, dev, progress=progress, desc=split)
     name = meta["target"]
     return {"target": name, "unit": meta.get("unit", _unit(name)), f"{split}_mae": mae, "epoch": meta.get("epoch"),
             "best_epoch": meta.get("best", {}).get("epoch"), "paper_mae": PAPER_MAE[name],
@@ -365,20 +333,19 @@ def evaluate_checkpoint(
 def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     """Every QM9 run (a folder with ``best.json``) under ``runs_dir``, with its progress and test MAE."""
     rows = []
-    for best in sorted(Path(runs_dir).rglob("best.json")):
+    bests = {p.with_suffix("") for pattern in ("best.safetensors", "best.json") for p in Path(runs_dir).rglob(pattern)}
+    for best in sorted(bests):
         try:
-            meta = json.loads(best.read_text())["meta"]
-        except (OSError, ValueError, KeyError, TypeError):
+            meta = read_checkpoint_info(best).meta
+        except CheckpointError:
             continue
-        if not isinstance(meta, dict) or meta.get("experiment") != "qm9":
+        if meta.get("experiment") != "qm9":
             continue
-        last = best.with_name("last.json")
         epoch = meta.get("epoch")
-        if last.exists():
-            try:
-                epoch = json.loads(last.read_text())["meta"].get("epoch", epoch)
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
+        try:
+            epoch = read_checkpoint_info(best.with_name("last")).meta.get("epoch", epoch)
+        except CheckpointError:
+            pass
         epochs = meta.get("train_config", {}).get("epochs")
         rows.append({
             "run": str(best.parent), "target": meta.get("target"), "preset": meta.get("preset"),

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from egnn.experiments.commands import UserError
+
 CACHE_NAME = "qm9.npz"
 SPLITS_NAME = "splits.npz"
 QM9PACK_VERSION = "1.0.3"
@@ -92,7 +94,7 @@ ARRAY_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class QM9DataError(RuntimeError):
+class QM9DataError(UserError, RuntimeError):
     """QM9 data cannot be found, parsed or loaded (the message says what to do)."""
 
 
