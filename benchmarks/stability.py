@@ -268,10 +268,9 @@ def read_results(out: Path) -> list[RunResult]:
 
 
 def plot(path: Path, results: list[RunResult], baseline: float) -> None:
-    import matplotlib
+    from egnn.experiments.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     depths = sorted({r.layers for r in results})
     names = list(dict.fromkeys(r.options for r in results))

@@ -128,10 +128,15 @@ def test_graph_container_feeds_model():
     assert out.graph.shape == (2, 1)
 
 
-def test_torch_compile_fullgraph_two_sizes():
+# "aot_eager" runs dynamo's whole-graph capture and AOT autograd on dynamic shapes (what our code can break) in
+# ~7 s; "inductor" adds C++ code generation (~35 s even for one layer on CPU), so that one is marked slow.
+@pytest.mark.parametrize(
+    ("backend", "n_layers"), [("aot_eager", 2), pytest.param("inductor", 1, marks=pytest.mark.slow)]
+)
+def test_torch_compile_fullgraph_two_sizes(backend: str, n_layers: int):
     torch._dynamo.reset()
-    model = EGNN(1, 16, 2, in_edge_nf=2, velocity=True)
-    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    model = EGNN(1, 8, n_layers, in_edge_nf=2, velocity=True)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
     for sizes in ([5] * 4, [3, 7, 2]):
         n = sum(sizes)
         ei = fully_connected_edges(sizes)

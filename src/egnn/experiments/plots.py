@@ -6,6 +6,16 @@ import csv
 from pathlib import Path
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (plots are files, never windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_training_curve(
     log_csv: str | Path,
     out_png: str | Path,
@@ -19,11 +29,7 @@ def plot_training_curve(
     """Training curve from a trainer's ``log.csv``: train loss per epoch (times ``train_scale``, e.g. to show a
     normalised loss in physical units), valid and test metric at each evaluation, and horizontal reference
     lines (``{"paper EGNN 0.0071": 0.0071}``), on a log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     with open(log_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:

@@ -8,7 +8,8 @@
 - :func:`load_trained` rebuilds a model from a checkpoint after checking the metadata against the stored
   tensor shapes, so a tampered or mismatched file fails before anything large is allocated.
 - :func:`grid_cell` makes a grid of runs (tables, sweeps) resumable cell by cell.
-- :func:`markdown_table`, :func:`ratio` and :func:`pyplot` format results the same way everywhere.
+- :func:`markdown_table` and :func:`ratio` format results the same way everywhere (plots live in
+  :mod:`egnn.experiments.plots`).
 """
 
 from __future__ import annotations
@@ -180,9 +181,9 @@ class RunFolder:
         """Open the folder for a run with ``identity`` (JSON-able: experiment, model, data fingerprint, recipe).
 
         Without ``resume`` the folder must not hold a run (nothing is changed otherwise). With ``resume`` the
-        stored identity must equal ``identity``; a run killed before its first checkpoint restarts cleanly
-        (its own log, best checkpoint and temporary files are removed). Returns whether there is a
-        checkpoint to resume from.
+        stored identity must equal ``identity``; leftover temporary files of interrupted writes are removed,
+        and a run killed before its first checkpoint restarts cleanly (its own log and best checkpoint are
+        removed too). Returns whether there is a checkpoint to resume from.
 
         Raises:
             RunFolderError: the path is a file, holds another run, or holds a run with another identity.
@@ -203,6 +204,9 @@ class RunFolder:
                     raise RunFolderError(f"cannot resume the run in {self.path}: it was started with other "
                                          f"settings ({'; '.join(diffs)}); use the same ones or another --out")
         if self.has_checkpoint():
+            for p in traces:  # temporary files of writes a kill interrupted
+                if is_temp_file(p):
+                    p.unlink()
             return True
         for p in traces:  # a run killed before its first checkpoint: start it again from nothing
             p.unlink()
@@ -352,12 +356,3 @@ def ratio(ours: float | None, paper: float | None, digits: int = 2) -> str | Non
         return None
     return f"{ours / paper:.{digits}f}"
 
-
-def pyplot():
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (plots are files, never windows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -1,6 +1,8 @@
-"""E(n)-equivariant layers and models."""
+"""E(n)-equivariant layers and models, and the paper's non-equivariant (GCL) and Radial Field layers."""
 
 from egnn.nn.egcl import EGCL, EGCLVel
 from egnn.nn.egnn import EGNN, EGNNConfig, EGNNOutput
+from egnn.nn.gcl import GCL
+from egnn.nn.radial_field import RadialFieldLayer
 
-__all__ = ["EGCL", "EGCLVel", "EGNN", "EGNNConfig", "EGNNOutput"]
+__all__ = ["EGCL", "EGCLVel", "EGNN", "EGNNConfig", "EGNNOutput", "GCL", "RadialFieldLayer"]

@@ -13,7 +13,7 @@ from egnn.experiments.cli import CLIError
 from egnn.experiments.cli import main as cli_main
 from egnn.experiments.nbody import baselines, table
 from egnn.experiments.nbody.cli_baselines import register_baselines
-from egnn.experiments.nbody.data import NBodySplit
+from egnn.experiments.nbody.data import NBodySplit, edge_features
 from egnn.experiments.nbody.files import save_split_files
 from egnn.experiments.nbody.models import NBODY_MODELS
 from egnn.experiments.nbody.simulate import generate_dataset
@@ -47,12 +47,11 @@ def raw_inputs(name: str, sizes=(5, 3, 4), seed: int = 0) -> dict[str, torch.Ten
     vel = torch.randn(n, 3, generator=g, dtype=torch.float64)
     q = torch.randint(0, 2, (n, 1), generator=g).double() * 2 - 1
     qq = q[ei[1]] * q[ei[0]]
-    d2 = (pos[ei[1]] - pos[ei[0]]).pow(2).sum(-1, keepdim=True)
     by_model = {
         "linear": {"pos": pos, "vel": vel},
         "gnn": {"pos": pos, "vel": vel, "edge_index": ei, "edge_attr": qq},
         "rf": {"pos": pos, "vel": vel, "h": vel.norm(dim=-1, keepdim=True), "edge_index": ei,
-               "edge_attr": torch.cat([qq, d2], -1)},
+               "edge_attr": edge_features(pos, ei, qq)},
         "tfn": {"pos": pos, "vel": vel, "node_attr": q, "edge_index": ei},
         "se3_transformer": {"pos": pos, "vel": vel, "node_attr": q, "edge_index": ei},
     }

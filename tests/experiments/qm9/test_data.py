@@ -366,7 +366,7 @@ def test_checksum_catches_consistent_zip_with_wrong_data(tmp_path: Path) -> None
 @needs_qm9pack
 def test_other_format_version_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with monkeypatch.context() as patch:
-        patch.setattr(qm9, "FORMAT_VERSION", qm9.FORMAT_VERSION + 100)
+        patch.setattr(qm9.cache, "FORMAT_VERSION", qm9.FORMAT_VERSION + 100)  # where the cache reads it
         qm9.prepare(tmp_path, progress=False, limit=20)
     with pytest.raises(qm9.CacheError, match="format version"):
         qm9.load(tmp_path, rebuild=False)
@@ -413,7 +413,7 @@ def test_malformed_xyz_is_reported(tmp_path: Path) -> None:
 
 
 def test_missing_source_mentions_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qm9, "qm9pack_data_dir", lambda: None)
+    monkeypatch.setattr(qm9.sources, "qm9pack_data_dir", lambda: None)
     with pytest.raises(qm9.QM9DataError, match=re.escape("pip install 'qm9pack==1.0.3'")):
         qm9.prepare(tmp_path / "out")
     with pytest.raises(qm9.QM9DataError, match=re.escape("pip install 'qm9pack==1.0.3'")):

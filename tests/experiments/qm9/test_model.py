@@ -179,7 +179,7 @@ def test_cli_unknown_target(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
 
 
 def test_cli_missing_data_source(capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(qm9, "qm9pack_data_dir", lambda: None)
+    monkeypatch.setattr(qm9.sources, "qm9pack_data_dir", lambda: None)
     code, _, err = _cli(["qm9", "train", "--target", "homo", "--data", str(tmp_path / "none"),
                          "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and re.search(r"pip install 'qm9pack==1\.0\.3'", err)

@@ -36,9 +36,7 @@ from torch import Tensor, nn
 
 from egnn.experiments.ae.datasets import AEBatch
 from egnn.experiments.registry import Registry
-from egnn.nn import EGNN
-from egnn.nn.egcl import make_activation
-from egnn.ops import scatter_mean, scatter_sum
+from egnn.nn import EGNN, GCL, RadialFieldLayer
 
 
 class AEOutput(NamedTuple):
@@ -97,33 +95,9 @@ class WeightedDistanceDecoder(nn.Module):
 
 
 # --- encoders ------------------------------------------------------------------------------------------------
-class GCL(nn.Module):
-    r"""A message-passing layer (paper eq. 2): :math:`m_{ij} = \phi_e(h_i, h_j, a_{ij})`,
-    :math:`h_i \leftarrow \phi_h(h_i, \sum_{j \ne i} m_{ij})` (+ :math:`h_i` with ``residual``).
-
-    Shapes: ``h`` ``[N, in_nf]``, ``edge_index`` ``[2, E]``, ``edge_attr`` ``[E, edge_nf]`` -> ``[N, out_nf]``.
-    """
-
-    def __init__(self, in_nf: int, hidden_nf: int, out_nf: int, edge_nf: int = 1, act: str = "silu",
-                 residual: bool = True) -> None:
-        super().__init__()
-        if residual and in_nf != out_nf:
-            raise ValueError("residual needs in_nf == out_nf")
-        self.residual = residual
-        self.edge_mlp = nn.Sequential(nn.Linear(2 * in_nf + edge_nf, hidden_nf), make_activation(act),
-                                      nn.Linear(hidden_nf, hidden_nf), make_activation(act))
-        self.node_mlp = nn.Sequential(nn.Linear(in_nf + hidden_nf, hidden_nf), make_activation(act),
-                                      nn.Linear(hidden_nf, out_nf))
-
-    def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        src, dst = edge_index[0], edge_index[1]
-        m = self.edge_mlp(torch.cat([h[dst], h[src], edge_attr], dim=-1))
-        out = self.node_mlp(torch.cat([h, scatter_sum(m, dst, h.shape[0])], dim=-1))
-        return h + out if self.residual else out
-
-
 class GNNEncoder(nn.Module):
-    """GNN encoder: ``n_layers`` :class:`GCL` (the first without residual) and ``Linear(hidden -> emb_nf)``.
+    """GNN encoder: ``n_layers`` :class:`egnn.nn.GCL` (paper eq. 2; the first without residual) and
+    ``Linear(hidden -> emb_nf)``.
 
     ``noise_dim = 0`` uses constant input features (``gnn``); ``noise_dim > 0`` replaces them by Gaussian noise
     of that dimension (``noise_gnn``), passed in as ``noise``.
@@ -135,7 +109,7 @@ class GNNEncoder(nn.Module):
         self.noise_dim = noise_dim
         in_nf = max(1, noise_dim)
         self.layers = nn.ModuleList(
-            GCL(in_nf if i == 0 else hidden_nf, hidden_nf, hidden_nf, act=act, residual=i > 0)
+            GCL(in_nf if i == 0 else hidden_nf, hidden_nf, hidden_nf, edge_dim=1, act=act, residual=i > 0)
             for i in range(n_layers)
         )
         self.fc_emb = nn.Linear(hidden_nf, emb_nf)
@@ -154,40 +128,17 @@ class GNNEncoder(nn.Module):
         return self.fc_emb(h)
 
 
-class RadialFieldLayer(nn.Module):
-    r"""Radial Field layer (Köhler et al. 2019, as in the paper's Table 1 and the reference ``GCL_rf``):
-
-    .. math::
-        x_i \leftarrow x_i + \frac{1}{M-1}\sum_{j \ne i} (x_i - x_j)\, \phi(\|x_i - x_j\|, a_{ij})
-
-    with :math:`\phi` = ``Linear(1 + edge_nf, nf) -> act -> Linear(nf, 1, no bias)`` (last layer initialised
-    near zero); each message is clamped to ``[-100, 100]`` as in the reference.
-
-    Shapes: ``pos`` ``[N, K]``, ``edge_index`` ``[2, E]``, ``edge_attr`` ``[E, edge_nf]`` -> ``[N, K]``.
-    """
-
-    def __init__(self, nf: int = 64, edge_nf: int = 1, act: str = "silu", clamp: float = 100.0) -> None:
-        super().__init__()
-        last = nn.Linear(nf, 1, bias=False)
-        nn.init.xavier_uniform_(last.weight, gain=0.001)
-        self.phi = nn.Sequential(nn.Linear(1 + edge_nf, nf), make_activation(act), last)
-        self.clamp = clamp
-
-    def forward(self, pos: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        src, dst = edge_index[0], edge_index[1]
-        diff = pos[dst] - pos[src]
-        dist = torch.sqrt((diff * diff).sum(-1, keepdim=True) + 1e-12)
-        m = (diff * self.phi(torch.cat([dist, edge_attr], dim=-1))).clamp(-self.clamp, self.clamp)
-        return pos + scatter_mean(m, dst, pos.shape[0])
-
-
 class RadialFieldEncoder(nn.Module):
-    """``n_layers`` :class:`RadialFieldLayer` on random initial positions in ``K`` dimensions; ``z = x^L``."""
+    """``n_layers`` :class:`egnn.nn.RadialFieldLayer` on random initial positions in ``K`` dimensions;
+    ``z = x^L``. As the reference's ``GCL_rf``: each message clamped to ``[-100, 100]``, and a ``1e-12`` under
+    the square root of the distance keeps gradients finite at coincident points."""
 
     def __init__(self, K: int = 8, hidden_nf: int = 64, n_layers: int = 4, act: str = "silu") -> None:
         super().__init__()
         self.K = K
-        self.layers = nn.ModuleList(RadialFieldLayer(hidden_nf, 1, act) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            RadialFieldLayer(hidden_nf, 1, act, clamp=100.0, dist_eps=1e-12) for _ in range(n_layers)
+        )
 
     @property
     def random_dim(self) -> int:

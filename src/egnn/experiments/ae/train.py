@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from egnn.experiments.ae.datasets import AE_DATASETS, AEBatch, AESplit, load_ae_dataset, overfit_split
 from egnn.experiments.ae.metrics import EdgeCounts, edge_counts, graph_bce
 from egnn.experiments.ae.models import AE_MODELS, GraphAutoencoder, build_model
-from egnn.experiments.plots import plot_training_curve
+from egnn.experiments.plots import plot_training_curve, pyplot
 from egnn.experiments.registry import Registry
-from egnn.experiments.run import LRRule, Preset, grid_cell, load_trained, pyplot, train_run, write_json
+from egnn.experiments.run import LRRule, Preset, grid_cell, load_trained, train_run, write_json
 from egnn.experiments.trainer import FitResult, Task, TrainConfig
 
 # Training presets.

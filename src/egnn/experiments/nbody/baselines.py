@@ -1,5 +1,5 @@
 """The baselines of the paper's N-body experiment (Table 2 of `arXiv:2102.09844 <https://arxiv.org/abs/2102.09844>`_),
-registered into :data:`~egnn.experiments.nbody.models.NBODY_MODELS` next to ``egnn``:
+registered by :mod:`egnn.experiments.nbody.models` into ``NBODY_MODELS`` next to ``egnn``:
 
 - ``linear``: ``x(t) = x(0) + t v(0)`` with a learned scalar ``t`` (paper MSE 0.0819);
 - ``gnn``: message passing GNN on ``[x, v]`` (not equivariant) (0.0107);
@@ -32,8 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from egnn.experiments.nbody.data import NBodyBatch
-from egnn.experiments.nbody.models import NBODY_MODELS, NBodyModel
+from egnn.nn import GCL, RadialFieldLayer
 from egnn.nn.egcl import make_activation
 from egnn.ops import scatter_mean, scatter_sum
 
@@ -72,30 +71,10 @@ class LinearDynamics(nn.Module):
         return pos + self.time * vel
 
 
-class _GCL(nn.Module):
-    r"""Non-equivariant graph convolution (Gilmer et al. 2017) with a residual node update:
-    :math:`m_{ij} = \phi_e(h_i, h_j, a_{ij})`, :math:`h_i \leftarrow h_i + \phi_h(h_i, \sum_{j} m_{ij})`."""
-
-    def __init__(self, hidden: int, edge_dim: int, act: str) -> None:
-        super().__init__()
-        self.edge_mlp = nn.Sequential(
-            nn.Linear(2 * hidden + edge_dim, hidden), make_activation(act), nn.Linear(hidden, hidden),
-            make_activation(act),
-        )  # fmt: skip
-        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), make_activation(act), nn.Linear(hidden, hidden))
-
-    def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> Tensor:
-        src, dst = edge_index
-        parts = [h[dst], h[src]] + ([edge_attr] if edge_attr is not None else [])
-        m = self.edge_mlp(torch.cat(parts, dim=-1))
-        agg = scatter_sum(m, dst, h.shape[0])
-        return h + self.node_mlp(torch.cat([h, agg], dim=-1))
-
-
 class GNNBaseline(nn.Module):
-    r"""The paper's GNN baseline: a message passing network on node features :math:`[x_i, v_i]` with edge
-    attribute :math:`q_i q_j`, residual node updates and an MLP decoder to the predicted position
-    (reference ``GNN(input_dim=6, recurrent=True)``, SiLU).
+    r"""The paper's GNN baseline: a message passing network (:class:`egnn.nn.GCL` layers) on node features
+    :math:`[x_i, v_i]` with edge attribute :math:`q_i q_j`, residual node updates and an MLP decoder to the
+    predicted position (reference ``GNN(input_dim=6, recurrent=True)``, SiLU).
 
     It sees absolute coordinates and is therefore *not* E(n)-equivariant (the tests show that).
 
@@ -115,7 +94,7 @@ class GNNBaseline(nn.Module):
                  act: str = "silu") -> None:
         super().__init__()
         self.embedding = nn.Linear(2 * dim, hidden_nf)
-        self.layers = nn.ModuleList(_GCL(hidden_nf, edge_dim, act) for _ in range(n_layers))
+        self.layers = nn.ModuleList(GCL(hidden_nf, hidden_nf, edge_dim=edge_dim, act=act) for _ in range(n_layers))
         self.decoder = nn.Sequential(nn.Linear(hidden_nf, hidden_nf), make_activation(act), nn.Linear(hidden_nf, dim))
 
     def forward(self, pos: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
@@ -126,38 +105,11 @@ class GNNBaseline(nn.Module):
         return self.decoder(h)
 
 
-class _RadialFieldLayer(nn.Module):
-    r"""One Radial Field step with the velocity term:
-
-    .. math::
-        x_i \leftarrow x_i + \frac{1}{|\mathcal{N}(i)|}\sum_{j} (x_i - x_j)\, \phi(\|x_i - x_j\|, a_{ij})
-        + v_i\, \phi_v(\|v_i\|)
-
-    where :math:`\phi = \tanh(\mathrm{MLP})` (the bound keeps the method stable) with its last linear map
-    started near zero, and :math:`\phi_v` is an MLP.
-    """
-
-    def __init__(self, hidden: int, edge_dim: int, act: str) -> None:
-        super().__init__()
-        last = nn.Linear(hidden, 1, bias=False)
-        nn.init.xavier_uniform_(last.weight, gain=1e-3)
-        self.phi = nn.Sequential(nn.Linear(1 + edge_dim, hidden), make_activation(act), last, nn.Tanh())
-        self.phi_v = nn.Sequential(nn.Linear(1, hidden), make_activation(act), nn.Linear(hidden, 1))
-
-    def forward(self, pos: Tensor, speed: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor | None,
-                count: Tensor) -> Tensor:
-        src, dst = edge_index
-        diff = pos[dst] - pos[src]
-        dist = diff.pow(2).sum(-1, keepdim=True).sqrt()
-        feats = torch.cat([dist, edge_attr], dim=-1) if edge_attr is not None else dist
-        pos = pos + scatter_mean(diff * self.phi(feats), dst, pos.shape[0], count)
-        return pos + vel * self.phi_v(speed)
-
-
 class RadialField(nn.Module):
     r"""Radial Field of Köhler, Klein & Noé, *Equivariant Flows* (`arXiv:1910.00753
     <https://arxiv.org/abs/1910.00753>`_), with the velocity term used in the EGNN paper (reference
-    ``RF_vel``): ``n_layers`` steps of :class:`_RadialFieldLayer`. E(n)-equivariant.
+    ``RF_vel``): ``n_layers`` steps of :class:`egnn.nn.RadialFieldLayer` with the velocity term and
+    :math:`\phi` bounded by ``tanh`` (which keeps the method stable). E(n)-equivariant.
 
     Args:
         hidden_nf: width of the MLPs (64).
@@ -173,14 +125,16 @@ class RadialField(nn.Module):
 
     def __init__(self, hidden_nf: int = 64, n_layers: int = 4, edge_dim: int = 2, act: str = "silu") -> None:
         super().__init__()
-        self.layers = nn.ModuleList(_RadialFieldLayer(hidden_nf, edge_dim, act) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            RadialFieldLayer(hidden_nf, edge_dim, act, tanh=True, velocity=True) for _ in range(n_layers)
+        )
 
     def forward(self, pos: Tensor, vel: Tensor, h: Tensor, edge_index: Tensor,
                 edge_attr: Tensor | None = None) -> Tensor:
         edge_index = edge_index.long()
         count = scatter_sum(torch.ones_like(edge_index[1], dtype=pos.dtype), edge_index[1], pos.shape[0])
         for layer in self.layers:
-            pos = layer(pos, h, vel, edge_index, edge_attr, count)
+            pos = layer(pos, edge_index, edge_attr, vel=vel, vel_norm=h, count=count)
         return pos
 
 
@@ -477,44 +431,3 @@ class SE3Transformer(_E3NNDynamics):
         for block, act in zip(self.blocks, self.acts):
             f = act(block(f, g))
         return pos + self.out_scale * self.out(f, g)[1].reshape(-1, 3)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# registration
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _predict_linear(model: nn.Module, b: NBodyBatch) -> Tensor:
-    return model(b.pos, b.vel)
-
-
-def _predict_gnn(model: nn.Module, b: NBodyBatch) -> Tensor:
-    return model(b.pos, b.vel, b.edge_index, b.edge_attr[:, :1])  # edge attribute q_i q_j only
-
-
-def _predict_rf(model: nn.Module, b: NBodyBatch) -> Tensor:
-    return model(b.pos, b.vel, b.h, b.edge_index, b.edge_attr)
-
-
-def _predict_e3nn(model: nn.Module, b: NBodyBatch) -> Tensor:
-    return model(b.pos, b.vel, b.charges, b.edge_index)
-
-
-BASELINES: dict[str, NBodyModel] = {
-    # paper_mse: arXiv:2102.09844, Table 2. lr: reference README (vgsatorras/egnn) N-body commands.
-    "linear": NBodyModel(build=LinearDynamics, predict=_predict_linear, hparams={}, lr=5e-4,  # argparse default
-                          paper_mse=0.0819),
-    "gnn": NBodyModel(build=GNNBaseline, predict=_predict_gnn, hparams={"hidden_nf": 64, "n_layers": 4},
-                      lr=1e-3, paper_mse=0.0107),
-    "rf": NBodyModel(build=RadialField, predict=_predict_rf, hparams={"hidden_nf": 64, "n_layers": 4},
-                     lr=2e-4, paper_mse=0.0104),
-    "tfn": NBodyModel(build=TensorFieldNetwork, predict=_predict_e3nn,
-                      hparams={"hidden_nf": 32, "n_layers": 4, "num_degrees": 2}, lr=1e-3, paper_mse=0.0155),
-    "se3_transformer": NBodyModel(build=SE3Transformer, predict=_predict_e3nn,
-                                  hparams={"hidden_nf": 64, "n_layers": 4, "num_degrees": 3}, lr=5e-3,
-                                  paper_mse=0.0244),
-}
-
-for _name, _spec in BASELINES.items():
-    if _name not in NBODY_MODELS:  # idempotent if this module is imported twice under different names
-        NBODY_MODELS.add(_name, _spec)

@@ -36,6 +36,22 @@ class NBodyBatch:
     n_particles: int
 
 
+def edge_features(pos: Tensor, edge_index: Tensor, edge_q: Tensor) -> Tensor:
+    r"""The N-body edge attributes :math:`a_{ij} = [q_i q_j, \|x_i - x_j\|^2]` (the reference's
+    ``main_nbody.py``); every place that feeds a model builds them here, so they cannot drift apart.
+
+    Args:
+        pos: positions ``[N, n]``.
+        edge_index: ``[2, E]``, ``edge_index[0]`` the source ``j``, ``edge_index[1]`` the target ``i``.
+        edge_q: charge products :math:`q_i q_j` ``[E, 1]`` (constant along a trajectory, so callers keep them).
+
+    Returns:
+        ``[E, 2]``.
+    """
+    diff = pos[edge_index[1]] - pos[edge_index[0]]
+    return torch.cat([edge_q, (diff * diff).sum(-1, keepdim=True)], dim=-1)
+
+
 class NBodySplit:
     """One split (train/valid/test) as tensors, batched by index without Python loops."""
 
@@ -86,8 +102,7 @@ class NBodySplit:
         vel = t["vel"][idx].reshape(b * m, -1)
         offsets = (torch.arange(b, device=device) * m).repeat_interleave(self._local_edges.shape[1])
         edge_index = self._local_edges.to(device).repeat(1, b) + offsets
-        diff = pos[edge_index[1]] - pos[edge_index[0]]
-        edge_attr = torch.cat([t["edge_q"][idx].reshape(-1, 1), (diff * diff).sum(-1, keepdim=True)], dim=-1)
+        edge_attr = edge_features(pos, edge_index, t["edge_q"][idx].reshape(-1, 1))
         return NBodyBatch(
             h=vel.norm(dim=-1, keepdim=True),
             pos=pos,

@@ -57,16 +57,14 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 4.0) -> int:
     model, _ = load_model(run / "best")
     predict = NBODY_MODELS.get("egnn").predict
     model64 = model.double()
-    from egnn.experiments.nbody.data import NBodySplit
+    from egnn.experiments.nbody.data import NBodySplit, edge_features
 
     test = load_split(data, "test")
     split = NBodySplit(test["loc"], test["vel"], test["charges"], 30, 40, max_samples=20, dtype=torch.float64)
     b = split.get(torch.arange(20))
 
     def fn(pos, vel, h, edge_index, edge_q, batch):
-        diff = pos[edge_index[1]] - pos[edge_index[0]]
-        ea = torch.cat([edge_q, (diff * diff).sum(-1, keepdim=True)], -1)
-        return {"pos": model64(h, pos, edge_index, ea, vel).pos}
+        return {"pos": model64(h, pos, edge_index, edge_features(pos, edge_index, edge_q), vel).pos}
 
     errors = assert_equivariant(
         fn, {"pos": b.pos, "vel": b.vel, "h": b.h, "edge_index": b.edge_index, "edge_q": b.edge_attr[:, :1],

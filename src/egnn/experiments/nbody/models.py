@@ -1,5 +1,8 @@
 """N-body models by name: each entry builds a module from hyper-parameters and predicts the target positions
-from an :class:`~egnn.experiments.nbody.data.NBodyBatch`. Baselines register here too."""
+from an :class:`~egnn.experiments.nbody.data.NBodyBatch`.
+
+The registry imports the model modules (the baselines live in :mod:`egnn.experiments.nbody.baselines`), never
+the other way round; e3nn is imported only when TFN or the SE(3)-Transformer is built."""
 
 from __future__ import annotations
 
@@ -9,6 +12,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from egnn.experiments.nbody.baselines import (
+    GNNBaseline,
+    LinearDynamics,
+    RadialField,
+    SE3Transformer,
+    TensorFieldNetwork,
+)
 from egnn.experiments.nbody.data import NBodyBatch
 from egnn.experiments.registry import Registry
 from egnn.nn import EGNN
@@ -56,5 +66,34 @@ NBODY_MODELS.add(
     ),
 )
 
-# baselines register themselves into NBODY_MODELS (kept in their own module; e3nn is imported lazily)
-from egnn.experiments.nbody import baselines  # noqa: E402, F401
+
+def _predict_linear(model: nn.Module, b: NBodyBatch) -> Tensor:
+    return model(b.pos, b.vel)
+
+
+def _predict_gnn(model: nn.Module, b: NBodyBatch) -> Tensor:
+    return model(b.pos, b.vel, b.edge_index, b.edge_attr[:, :1])  # edge attribute q_i q_j only
+
+
+def _predict_rf(model: nn.Module, b: NBodyBatch) -> Tensor:
+    return model(b.pos, b.vel, b.h, b.edge_index, b.edge_attr)
+
+
+def _predict_e3nn(model: nn.Module, b: NBodyBatch) -> Tensor:
+    return model(b.pos, b.vel, b.charges, b.edge_index)
+
+
+# The baselines. paper_mse: arXiv:2102.09844, Table 2. lr: reference README (vgsatorras/egnn) N-body commands.
+# the linear model's lr is the reference's argparse default (its README gives none)
+NBODY_MODELS.add("linear", NBodyModel(build=LinearDynamics, predict=_predict_linear, hparams={}, lr=5e-4,
+                                      paper_mse=0.0819))
+NBODY_MODELS.add("gnn", NBodyModel(build=GNNBaseline, predict=_predict_gnn, hparams={"hidden_nf": 64, "n_layers": 4},
+                                   lr=1e-3, paper_mse=0.0107))
+NBODY_MODELS.add("rf", NBodyModel(build=RadialField, predict=_predict_rf, hparams={"hidden_nf": 64, "n_layers": 4},
+                                  lr=2e-4, paper_mse=0.0104))
+NBODY_MODELS.add("tfn", NBodyModel(build=TensorFieldNetwork, predict=_predict_e3nn,
+                                   hparams={"hidden_nf": 32, "n_layers": 4, "num_degrees": 2}, lr=1e-3,
+                                   paper_mse=0.0155))
+NBODY_MODELS.add("se3_transformer", NBodyModel(build=SE3Transformer, predict=_predict_e3nn,
+                                               hparams={"hidden_nf": 64, "n_layers": 4, "num_degrees": 3}, lr=5e-3,
+                                               paper_mse=0.0244))

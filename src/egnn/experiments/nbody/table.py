@@ -30,18 +30,14 @@ import torch
 from egnn.experiments.nbody.data import load_nbody
 from egnn.experiments.nbody.models import NBODY_MODELS
 from egnn.experiments.nbody.train import forward_time_ms, load_model, train_nbody
+from egnn.experiments.plots import pyplot
 from egnn.experiments.registry import Registry
-from egnn.experiments.run import finite_or_none, grid_cell, markdown_table, pyplot, ratio, read_json, write_json
+from egnn.experiments.run import finite_or_none, grid_cell, markdown_table, ratio, read_json, write_json
 from egnn.experiments.trainer import TrainConfig, resolve_device
 
 TABLE_MODELS = ("linear", "gnn", "rf", "tfn", "se3_transformer", "egnn")
 DISPLAY_NAMES = {"linear": "Linear", "gnn": "GNN", "rf": "Radial Field", "tfn": "Tensor Field Network",
                  "se3_transformer": "SE(3)-Transformer", "egnn": "EGNN"}
-
-
-def _ensure_registered() -> None:
-    """Import the baselines so they are in ``NBODY_MODELS`` (also before models.py imports them itself)."""
-    from egnn.experiments.nbody import baselines  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -254,7 +250,6 @@ def table_markdown(rows: list[TableRow], preset: str, extras: dict[str, Any] | N
 def run_table(data_dir: str | Path, out_dir: str | Path, preset: str = "quick", models: list[str] | None = None,
               device: str = "auto", progress: bool = True) -> TableResult:
     """Train (or resume) every model, time them, and write ``table.md`` and ``table.csv`` in ``out_dir``."""
-    _ensure_registered()
     TABLE_PRESETS.get(preset)
     names = list(models or TABLE_MODELS)
     for name in names:
@@ -312,7 +307,6 @@ def run_sweep(large_dir: str | Path, small_dir: str | Path, out_dir: str | Path,
               models: list[str] | None = None, sizes: list[int] | None = None, epoch_scale: float = 1.0,
               preset: str = "paper", device: str = "auto", progress: bool = True) -> list[dict[str, Any]]:
     """Train each model on each training size; resumable per size. Writes ``sweep.csv`` and ``sweep.png``."""
-    _ensure_registered()
     names = list(models or SWEEP_MODELS)
     for name in names:
         NBODY_MODELS.get(name)

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egnn.experiments.nbody.data import FRAMES, NBodyBatch, NBodySplit, load_nbody
+from egnn.experiments.nbody.data import FRAMES, NBodyBatch, NBodySplit, edge_features, load_nbody
 from egnn.experiments.nbody.files import split_file_names
 from egnn.experiments.nbody.models import NBODY_MODELS
-from egnn.experiments.plots import plot_training_curve
+from egnn.experiments.plots import plot_training_curve, pyplot
 from egnn.experiments.registry import Registry
-from egnn.experiments.run import LRRule, Preset, fingerprint_files, load_trained, pyplot, train_run
+from egnn.experiments.run import LRRule, Preset, fingerprint_files, load_trained, train_run
 from egnn.experiments.trainer import FitResult, Task, TrainConfig, evaluate_split, resolve_device
 
 # Training presets. ``paper``: the reference repository's N-body settings (README of vgsatorras/egnn:
@@ -157,10 +157,8 @@ def rollout(model: nn.Module, predict, loc, vel, charges, start: int = 30, step:
     preds = [b.pos.cpu()]
     pos, v = b.pos, b.vel
     for _ in range(len(true) - 1):
-        diff = pos[b.edge_index[1]] - pos[b.edge_index[0]]
         batch = NBodyBatch(h=v.norm(dim=-1, keepdim=True), pos=pos, vel=v, charges=b.charges,
-                           edge_index=b.edge_index,
-                           edge_attr=torch.cat([b.edge_attr[:, :1], (diff * diff).sum(-1, keepdim=True)], -1),
+                           edge_index=b.edge_index, edge_attr=edge_features(pos, b.edge_index, b.edge_attr[:, :1]),
                            target=pos, batch=b.batch, num_graphs=1, n_particles=b.n_particles)
         new = predict(model, batch)
         v = (new - pos) / (step * frame_dt)  # finite-difference velocity for the next application
