@@ -58,10 +58,9 @@ def estimate_epochs(plan: ft.FitPlan, cfg: TrainConfig, minutes: float, n_steps:
 
 
 def _md_energy_plot(rows: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
+    from egnn.experiments.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     t = [r["time_fs"] for r in rows]

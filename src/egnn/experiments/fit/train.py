@@ -303,10 +303,9 @@ def parity_plots(pred: dict[str, np.ndarray], data: AtomsData, path: str | Path,
     """Predicted vs true target (per atom for extensive targets) and force components (matplotlib Agg)."""
     if data.energy is None:
         return None
-    import matplotlib
+    from egnn.experiments.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     scale = data.n_atoms if per_atom else 1
     label = f"{target}{' per atom' if per_atom else ''}{' (eV)' if target == 'energy' else ''}"
