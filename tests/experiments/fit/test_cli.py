@@ -114,3 +114,26 @@ def test_user_errors_are_one_line_exit_2(run, files, capsys, tmp_path):
                        f"p.{ext}", "use an .extxyz")
         assert not list(tmp_path.glob(f"*p*.{ext}"))
     one_line_error(capsys, ["example", "emt", "--out", train], "is not a folder")
+
+
+def test_energy_only_fit_on_molecules_with_complete_graphs(tmp_path, capsys):
+    from ase import Atoms
+
+    import egnn
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(12):
+        n = int(rng.integers(2, 6))
+        a = Atoms(numbers=rng.choice([1, 6, 8], n), positions=rng.normal(size=(n, 3)) * 1.5)
+        a.info["U0"] = float(rng.normal())
+        frames.append(a)
+    ase.io.write(str(tmp_path / "mol.extxyz"), frames)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(tmp_path / "mol.extxyz"), "--target", "U0", "--cutoff", "none", "--readout",
+                 "mean", "--hidden", "8", "--layers", "1", "--epochs", "2", "--batch-size", "4", "--no-cache",
+                 "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out.split("\nmodel:")[0])
+    assert "U0_mae" in res["valid"] and "U0_per_atom_mae" not in res["valid"] and "forces_mae" not in res["valid"]
+    model = egnn.load_model(out)
+    assert model.cutoff is None and model.config.readout == "mean" and model.config.forces is None

@@ -97,8 +97,11 @@ def batch_errors(model: nn.Module, b: AtomsBatch, use_forces: bool, create_graph
                  ) -> tuple[Tensor, Tensor | None]:
     """Per-frame ``(E_pred - E) / n`` ``[B]`` and per-atom force errors ``[N, 3]`` (or ``None``)."""
     core: AtomsModel = getattr(model, "module", model)  # DDP / AveragedModel wrap the model as .module
-    energy, forces = core.energy_and_forces(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, b.num_graphs,
-                                            forces=use_forces, create_graph=create_graph)
+    if use_forces:  # (multi-process training with forces is refused in fit: DDP does not sync double backward)
+        energy, forces = core.energy_and_forces(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, b.num_graphs,
+                                                forces=True, create_graph=create_graph)
+    else:  # through the wrapper's forward, so DDP synchronises the gradients
+        energy, forces = model(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, b.num_graphs), None
     n = b.n_atoms.to(energy.dtype)
     e_err = (energy - b.energy) / n if core.config.readout == "sum" else energy - b.energy
     f_err = forces - b.forces if use_forces else None
@@ -191,8 +194,12 @@ def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = F
         The trainer's result and the summary (MAE/RMSE of the best model on the valid and test sets).
     """
     from egnn.experiments.run import RunFolder, RunFolderError, train_run
+    from egnn.experiments.trainer import dist_info
 
     out = Path(out)
+    if plan.data.forces is not None and dist_info()[1] > 1:
+        raise FitError("training on forces in several processes (torchrun) is not supported yet: DDP does not "
+                       "synchronise the second-order gradients; run one process")
     if not resume and RunFolder(out).holds_run():  # before any data is read
         raise RunFolderError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     progress = train_cfg.progress
