@@ -104,3 +104,26 @@ def test_predict_and_calculator_agree_and_input_errors(trained):
     emt_like = structure()
     emt_like.calc = EMT()
     assert np.isfinite(emt_like.get_potential_energy())
+
+
+def test_stress_equals_finite_differences_of_the_energy_under_strain(trained):
+    from ase.calculators.fd import calculate_numerical_stress
+
+    atoms = structure(3)
+    atoms.set_cell(atoms.cell.array @ np.array([[1.02, 0.01, 0], [0.01, 0.99, 0.02], [0, 0.02, 1.01]]),
+                   scale_atoms=True)
+    atoms.calc = EGNNCalculator(trained[0])
+    stress = atoms.get_stress()
+    assert np.abs(stress).max() > 1e-4
+    np.testing.assert_allclose(stress, calculate_numerical_stress(atoms, eps=1e-6), atol=1e-7)
+    forces = atoms.get_forces()  # the same forces with and without the strain path
+    plain = atoms.copy()
+    plain.calc = EGNNCalculator(trained[0])
+    np.testing.assert_allclose(plain.get_forces(), forces, atol=1e-12)
+    slab = atoms.copy()
+    slab.pbc = (True, True, False)
+    slab.calc = EGNNCalculator(trained[0])
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    with pytest.raises(PropertyNotImplementedError, match="periodic in all three"):
+        slab.get_stress()

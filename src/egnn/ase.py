@@ -11,14 +11,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from egnn.atoms.model import AtomsModel, load_model
 from egnn.atoms.neighbors import NeighborError, neighbor_list
 
 
 class EGNNCalculator(Calculator):
-    """ASE calculator with ``energy``, ``free_energy`` (the same value) and ``forces = -dE/dpositions``.
+    """ASE calculator with ``energy``, ``free_energy`` (the same value), ``forces = -dE/dpositions`` and, for cells
+    periodic in all three directions, ``stress = (1/V) dE/d(strain)`` (Voigt order, ASE's convention; derived from the
+    energy model, which is not trained on stresses).
 
     Args:
         model: a checkpoint path or run folder (its ``best``), or an :class:`~egnn.atoms.model.AtomsModel`.
@@ -30,7 +32,7 @@ class EGNNCalculator(Calculator):
     ``atoms.pbc``). Elements the model was not trained on raise ``ValueError``.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, model: str | Path | AtomsModel, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float64, **kwargs: Any) -> None:
@@ -57,9 +59,22 @@ class EGNNCalculator(Calculator):
         dev, dt = self.device, self.dtype
         z = torch.as_tensor(np.asarray(a.numbers), dtype=torch.long, device=dev)
         shift = torch.as_tensor(shifts.astype(np.float64) @ cell, dtype=dt, device=dev)
-        energy, forces = self.model.energy_and_forces(
-            z, torch.as_tensor(pos, dtype=dt, device=dev), torch.as_tensor(edge_index, device=dev), shift)
+        want_stress = "stress" in (properties or [])
+        if want_stress and not pbc.all():
+            raise PropertyNotImplementedError("stress needs a cell that is periodic in all three directions")
+        with torch.enable_grad():
+            x = torch.as_tensor(pos, dtype=dt, device=dev).requires_grad_(True)
+            # a homogeneous strain of positions and lattice (shifts are lattice vectors): dE/d(strain) at 0
+            strain = torch.zeros(3, 3, dtype=dt, device=dev, requires_grad=want_stress)
+            sym = 0.5 * (strain + strain.T)
+            energy = self.model(z, x + x @ sym, torch.as_tensor(edge_index, device=dev), shift + shift @ sym)
+            inputs = [x, strain] if want_stress else [x]
+            grads = torch.autograd.grad(energy.sum(), inputs, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
         e = float(energy.detach().cpu()[0])
         self.results["energy"] = e
         self.results["free_energy"] = e
-        self.results["forces"] = forces.detach().cpu().double().numpy()
+        self.results["forces"] = -grads[0].detach().cpu().double().numpy()
+        if want_stress:
+            s = grads[1].detach().cpu().double().numpy() / abs(float(np.linalg.det(cell)))
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

@@ -78,6 +78,25 @@ def _md_energy_plot(rows: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def stress_check(model: str | Path, frames: list[Any]) -> dict[str, float]:
+    """Stresses of the calculator (derived from the energy model, never trained on stresses) against EMT's, in GPa:
+    MAE and the mean |stress component| of EMT (the zero-stress baseline)."""
+    from ase import units
+    from ase.calculators.emt import EMT
+
+    from egnn.ase import EGNNCalculator
+
+    calc, ours, ref = EGNNCalculator(model), [], []
+    for a in frames:
+        b, c = a.copy(), a.copy()
+        b.calc, c.calc = calc, EMT()
+        ours.append(b.get_stress())
+        ref.append(c.get_stress())
+    ours_np, ref_np = np.array(ours) / units.GPa, np.array(ref) / units.GPa
+    return {"structures": len(frames), "stress_mae_gpa": float(np.abs(ours_np - ref_np).mean()),
+            "baseline_zero_stress_mae_gpa": float(np.abs(ref_np).mean())}
+
+
 def run_md(atoms: Any, calc: Any, steps: int, timestep_fs: float = 2.0, temperature_k: float = 300.0,
            seed: int = 0) -> tuple[list[dict[str, float]], dict[str, float]]:
     """NVE molecular dynamics; returns per-step energies and the drift summary (eV per atom)."""
@@ -183,6 +202,7 @@ def run_emt_example(
         agree[f"calculator_{name}_vs_predict_max_abs_energy_ev"] = de
         agree[f"calculator_{name}_vs_predict_max_abs_force_ev_per_a"] = df
     summary["predict_vs_calculator"] = agree
+    summary["stress"] = stress_check(out / "run" / "best", predicted[:20])
     # 4. relaxation of a new structure
     calc = EGNNCalculator(out / "run" / "best")
     start = generate(EMTConfig(elements=elements, n_frames=1, seed=seed + 2000))[0]
