@@ -127,3 +127,19 @@ def test_stress_equals_finite_differences_of_the_energy_under_strain(trained):
 
     with pytest.raises(PropertyNotImplementedError, match="periodic in all three"):
         slab.get_stress()
+
+
+def test_cell_relaxation_with_frechet_cell_filter(trained):
+    import warnings
+
+    from ase.filters import FrechetCellFilter
+
+    atoms = structure(4)
+    atoms.set_cell(atoms.cell.array * 1.03, scale_atoms=True)  # stretched: under tension
+    atoms.calc = EGNNCalculator(trained[0])
+    s0 = np.abs(atoms.get_stress()).max()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's logm accuracy note inside the filter
+        assert BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=0.01, steps=300)
+    assert np.abs(atoms.get_stress()).max() < 0.1 * s0
+    assert atoms.get_volume() < 1.03**3 * structure(4).get_volume()  # the cell shrank back
