@@ -9,7 +9,9 @@ translation ``g`` and a random permutation of the nodes within each graph:
 - ``"position"``: per-node position (``P (out Q^T + g)``);
 - ``"vector"``: per-node translation-invariant vector (``P out Q^T``);
 - ``"graph"``: per-graph invariant (unchanged);
-- ``"edge"``: per-edge invariant (unchanged, edges keep their order).
+- ``"edge"``: per-edge invariant (unchanged, edges keep their order);
+- ``"edge_vector"``: per-edge translation-invariant vector (``out Q^T``, edges keep their order), e.g. the
+  periodic image offsets ``edge_shift``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from torch import Tensor
 
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 _TUPLE_TYPES = ("scalar", "position", "vector", "graph")
-_INPUT_TYPES = {"h": "scalar", "node_attr": "scalar", "pos": "position", "vel": "vector", "edge_attr": "edge"}
+_INPUT_TYPES = {
+    "h": "scalar", "node_attr": "scalar", "pos": "position", "vel": "vector", "edge_attr": "edge",
+    "edge_shift": "edge_vector",
+}
 
 
 def random_orthogonal(
@@ -67,7 +72,7 @@ def _as_dict(out: Any, output_types: Mapping[str, str] | None) -> tuple[dict[str
 
 
 def _transform(x: Tensor, kind: str, q: Tensor, g: Tensor, perm: Tensor | None) -> Tensor:
-    if kind in ("position", "vector"):
+    if kind in ("position", "vector", "edge_vector"):
         x = x @ q.t().to(x.dtype)
         if kind == "position":
             x = x + g.to(x.dtype)
@@ -96,7 +101,7 @@ def assert_equivariant(
             graph)``), a NamedTuple with fields ``h, pos, vel, graph`` (e.g. :class:`egnn.nn.EGNNOutput`),
             or a dict whose keys ``output_types`` describes.
         inputs: ``pos`` (required) and any of ``h``, ``vel``, ``edge_index``, ``edge_attr``, ``node_attr``,
-            ``batch`` and other keyword arguments (passed unchanged).
+            ``edge_shift`` (rotated with the positions), ``batch`` and other keyword arguments (passed unchanged).
         output_types: type of each output (see the module docstring), when the defaults do not fit.
         trials: number of random transformations; with ``reflect`` they alternate ``det Q = +1`` and ``-1``.
         rotate, reflect, translate, permute: which transformations to apply.

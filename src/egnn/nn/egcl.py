@@ -69,7 +69,10 @@ class EGCL(nn.Module):
 
     Shapes:
         - **input:** ``h`` ``[N, in_channels]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
-          ``edge_attr`` ``[E, edge_dim]`` (optional), ``node_attr`` ``[N, node_attr_dim]`` (optional)
+          ``edge_attr`` ``[E, edge_dim]`` (optional), ``node_attr`` ``[N, node_attr_dim]`` (optional),
+          ``edge_shift`` ``[E, n]`` (optional): Cartesian offset of the source node's periodic image, so that
+          every coordinate difference (radial and coordinate update) is :math:`x_i - (x_j + s_{ij})`
+          (rotates with the positions, unchanged by translations)
         - **output:** ``h`` ``[N, out_channels]``, ``pos`` ``[N, n]``
     """
 
@@ -150,16 +153,20 @@ class EGCL(nn.Module):
         edge_index: Tensor,
         edge_attr: Tensor | None = None,
         node_attr: Tensor | None = None,
+        edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        self.check_inputs(h, pos, edge_index, edge_attr, node_attr)
-        h_out, delta, _ = self.propagate(h, pos, edge_index.long(), edge_attr, node_attr)
+        self.check_inputs(h, pos, edge_index, edge_attr, node_attr, edge_shift=edge_shift)
+        h_out, delta, _ = self.propagate(h, pos, edge_index.long(), edge_attr, node_attr, edge_shift=edge_shift)
         return h_out, pos + delta if delta is not None else pos
 
-    def check_inputs(self, h, pos, edge_index, edge_attr=None, node_attr=None, vel=None, require_vel=False):
+    def check_inputs(
+        self, h, pos, edge_index, edge_attr=None, node_attr=None, vel=None, require_vel=False, edge_shift=None
+    ):
         check_graph_inputs(
             h=h, pos=pos, edge_index=edge_index, in_features=self.in_channels,
             dtype=self.edge_mlp[0].weight.dtype, edge_attr=edge_attr, edge_dim=self.edge_dim,
             node_attr=node_attr, node_attr_dim=self.node_attr_dim, vel=vel, require_vel=require_vel,
+            edge_shift=edge_shift,
         )
 
     def propagate(
@@ -170,11 +177,12 @@ class EGCL(nn.Module):
         edge_attr: Tensor | None = None,
         node_attr: Tensor | None = None,
         count: Tensor | None = None,
+        edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Unchecked forward: returns ``(h_new, coordinate update C sum_j (x_i - x_j) phi_x(m_ij), count)``.
 
         ``count`` (in-degree per node, for mean aggregation) is computed if not given and returned, so a
-        model can share it across layers.
+        model can share it across layers. ``edge_shift`` ``[E, n]``: periodic image offset of each source.
         """
         n = h.shape[0]
         src, dst = edge_index[0], edge_index[1]
@@ -189,10 +197,11 @@ class EGCL(nn.Module):
             sl = slice(start, min(start + chunk, num_edges))
             s, d = src[sl], dst[sl]
             a = edge_attr[sl] if edge_attr is not None else None
+            sh = edge_shift[sl] if edge_shift is not None else None
             if self.checkpoint_chunks and torch.is_grad_enabled():
-                m, trans = activation_checkpoint(self._messages, h, pos, s, d, a, proj, use_reentrant=False)
+                m, trans = activation_checkpoint(self._messages, h, pos, s, d, a, proj, sh, use_reentrant=False)
             else:
-                m, trans = self._messages(h, pos, s, d, a, proj)
+                m, trans = self._messages(h, pos, s, d, a, proj, sh)
             agg_h.index_add_(0, d, m)  # in place: a fresh buffer, no N x H copy per chunk
             if trans is not None:
                 agg_x.index_add_(0, d, trans)
@@ -212,9 +221,12 @@ class EGCL(nn.Module):
         return h @ torch.cat([w[:, :f], w[:, f : 2 * f]], dim=0).t()
 
     def _messages(
-        self, h: Tensor, pos: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor | None, proj: Tensor | None
+        self, h: Tensor, pos: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor | None, proj: Tensor | None,
+        edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         diff = pos.index_select(0, dst) - pos.index_select(0, src)  # x_i - x_j
+        if edge_shift is not None:
+            diff = diff - edge_shift  # x_i - (x_j + s_ij): the source's periodic image
         radial = (diff * diff).sum(-1, keepdim=True)
         geo = radial if edge_attr is None else torch.cat([radial, edge_attr], dim=-1)
         lin = self.edge_mlp[0]
@@ -249,7 +261,8 @@ class EGCLVel(EGCL):
     (``update_coords`` must stay ``True``).
 
     Shapes:
-        - **input:** as :class:`EGCL` plus ``vel`` ``[N, n]`` (the initial velocities :math:`v^{init}`)
+        - **input:** as :class:`EGCL` (``edge_shift`` included) plus ``vel`` ``[N, n]`` (the initial
+          velocities :math:`v^{init}`)
         - **output:** ``h`` ``[N, out_channels]``, ``pos`` ``[N, n]``, ``vel`` ``[N, n]`` (the new :math:`v_i`)
     """
 
@@ -275,9 +288,12 @@ class EGCLVel(EGCL):
         edge_attr: Tensor | None = None,
         node_attr: Tensor | None = None,
         vel: Tensor | None = None,
+        edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        self.check_inputs(h, pos, edge_index, edge_attr, node_attr, vel=vel, require_vel=True)
-        h_out, pos_out, vel_out, _ = self.propagate_vel(h, pos, edge_index.long(), vel, edge_attr, node_attr)
+        self.check_inputs(h, pos, edge_index, edge_attr, node_attr, vel=vel, require_vel=True, edge_shift=edge_shift)
+        h_out, pos_out, vel_out, _ = self.propagate_vel(
+            h, pos, edge_index.long(), vel, edge_attr, node_attr, edge_shift=edge_shift
+        )
         return h_out, pos_out, vel_out
 
     def propagate_vel(
@@ -289,10 +305,11 @@ class EGCLVel(EGCL):
         edge_attr: Tensor | None = None,
         node_attr: Tensor | None = None,
         count: Tensor | None = None,
+        edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Unchecked forward; returns ``(h, pos, vel, count)``."""
         scale = self.vel_mlp[1](self.act(self.vel_mlp[0](h)))  # phi_v(h_i), on the input features
-        h_out, delta, count = self.propagate(h, pos, edge_index, edge_attr, node_attr, count)
+        h_out, delta, count = self.propagate(h, pos, edge_index, edge_attr, node_attr, count, edge_shift)
         v = scale * vel + delta
         return h_out, pos + v, v, count
 

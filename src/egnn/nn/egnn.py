@@ -96,7 +96,9 @@ class EGNN(nn.Module):
 
     Shapes:
         - **input:** ``h`` ``[N, in_node_nf]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
-          ``edge_attr`` ``[E, in_edge_nf]``, ``vel`` ``[N, n]``, ``batch`` ``[N]`` (sorted)
+          ``edge_attr`` ``[E, in_edge_nf]``, ``vel`` ``[N, n]``, ``batch`` ``[N]`` (sorted),
+          ``edge_shift`` ``[E, n]`` (optional): Cartesian offset of each edge's source periodic image, the
+          coordinate difference being :math:`x_i - (x_j + s_{ij})` in every layer (see :class:`EGCL`)
         - **output:** :class:`EGNNOutput`
     """
 
@@ -156,11 +158,12 @@ class EGNN(nn.Module):
         vel: Tensor | None = None,
         batch: Tensor | None = None,
         num_graphs: int | None = None,
+        edge_shift: Tensor | None = None,
     ) -> EGNNOutput:
         c = self.config
         check_graph_inputs(
             h=h, pos=pos, edge_index=edge_index, in_features=c.in_node_nf, dtype=self.embedding.weight.dtype,
-            edge_attr=edge_attr, edge_dim=c.in_edge_nf, vel=vel, require_vel=c.velocity,
+            edge_attr=edge_attr, edge_dim=c.in_edge_nf, vel=vel, require_vel=c.velocity, edge_shift=edge_shift,
         )
         if vel is not None and not c.velocity:
             raise ValueError("vel given but the model was built with velocity=False")
@@ -174,7 +177,7 @@ class EGNN(nn.Module):
             count = scatter_count(edge_index[1], h.shape[0], pos.dtype)  # shared by all layers
         v_out = None
         for layer in self.layers:
-            args = (x, pos, edge_index, edge_attr, node_attr, count, vel)
+            args = (x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift)
             if c.checkpoint and torch.is_grad_enabled():
                 x, pos, v_out = activation_checkpoint(self._layer_step, layer, *args, use_reentrant=False)
             else:
@@ -188,11 +191,11 @@ class EGNN(nn.Module):
         return EGNNOutput(x, pos, v_out, graph)
 
     @staticmethod
-    def _layer_step(layer, x, pos, edge_index, edge_attr, node_attr, count, vel):
+    def _layer_step(layer, x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift=None):
         if isinstance(layer, EGCLVel):
-            x, pos, v, _ = layer.propagate_vel(x, pos, edge_index, vel, edge_attr, node_attr, count)
+            x, pos, v, _ = layer.propagate_vel(x, pos, edge_index, vel, edge_attr, node_attr, count, edge_shift)
             return x, pos, v
-        x, delta, _ = layer.propagate(x, pos, edge_index, edge_attr, node_attr, count)
+        x, delta, _ = layer.propagate(x, pos, edge_index, edge_attr, node_attr, count, edge_shift)
         return x, (pos + delta if delta is not None else pos), None
 
     def pool(self, x: Tensor, batch: Tensor | None, num_graphs: int | None = None) -> Tensor:

@@ -32,6 +32,7 @@ def check_graph_inputs(
     node_attr_dim: int = 0,
     vel: Tensor | None = None,
     require_vel: bool = False,
+    edge_shift: Tensor | None = None,
 ) -> None:
     """Validate the tensors of one forward call against the module's expected sizes and dtype."""
     if not isinstance(h, Tensor) or h.dim() != 2:
@@ -78,7 +79,15 @@ def check_graph_inputs(
             raise ValueError(f"vel must have the shape of pos {tuple(pos.shape)}, got {_shape(vel)}")
         if vel.dtype != dtype:
             raise ValueError(f"vel has dtype {vel.dtype} but the module's parameters are {dtype}")
-    for name, x in (("h", h), ("pos", pos), ("edge_attr", edge_attr), ("node_attr", node_attr), ("vel", vel)):
+    if edge_shift is not None:
+        if not isinstance(edge_shift, Tensor) or edge_shift.dim() != 2 or edge_shift.shape != (num_edges, pos.shape[1]):
+            raise ValueError(
+                f"edge_shift must have shape [num_edges={num_edges}, dim={pos.shape[1]}], got {_shape(edge_shift)}"
+            )
+        if edge_shift.dtype != dtype:
+            raise ValueError(f"edge_shift has dtype {edge_shift.dtype} but the module's parameters are {dtype}")
+    for name, x in (("h", h), ("pos", pos), ("edge_attr", edge_attr), ("node_attr", node_attr), ("vel", vel),
+                    ("edge_shift", edge_shift)):
         check_finite(name, x)
 
 
