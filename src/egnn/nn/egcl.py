@@ -190,14 +190,17 @@ class EGCL(nn.Module):
         if self.update_coords and self.coord_agg == "mean" and count is None:
             count = scatter_count(dst, n, pos.dtype)
         proj = self._node_projection(h) if self.fast else None
-        chunk = self.chunk_size or max(num_edges, 1)
         agg_h = h.new_zeros(n, self.hidden_channels)
         agg_x = pos.new_zeros(pos.shape) if self.update_coords else None
-        for start in range(0, num_edges, chunk):
-            sl = slice(start, min(start + chunk, num_edges))
-            s, d = src[sl], dst[sl]
-            a = edge_attr[sl] if edge_attr is not None else None
-            sh = edge_shift[sl] if edge_shift is not None else None
+        # chunk_size=None: one call on all edges, no Python loop over the (symbolic) edge count, so a dynamic
+        # torch.compile graph serves every edge count
+        bounds = [None] if self.chunk_size is None else [
+            slice(start, min(start + self.chunk_size, num_edges)) for start in range(0, num_edges, self.chunk_size)
+        ]
+        for sl in bounds:
+            s, d = (src, dst) if sl is None else (src[sl], dst[sl])
+            a = edge_attr if edge_attr is None or sl is None else edge_attr[sl]
+            sh = edge_shift if edge_shift is None or sl is None else edge_shift[sl]
             if self.checkpoint_chunks and torch.is_grad_enabled():
                 m, trans = activation_checkpoint(self._messages, h, pos, s, d, a, proj, sh, use_reentrant=False)
             else:
@@ -215,10 +218,11 @@ class EGCL(nn.Module):
         return out, delta, count
 
     def _node_projection(self, h: Tensor) -> Tensor:
-        # W1 h_i and W2 h_j for every node in one matrix product: [N, 2H]
-        w = self.edge_mlp[0].weight
-        f = self.in_channels
-        return h @ torch.cat([w[:, :f], w[:, f : 2 * f]], dim=0).t()
+        # W1 h_i + b and W2 h_j for every node in one matrix product: [N, 2H]
+        lin = self.edge_mlp[0]
+        w, f = lin.weight, self.in_channels
+        bias = torch.cat([lin.bias, torch.zeros_like(lin.bias)])
+        return torch.addmm(bias, h, torch.cat([w[:, :f], w[:, f : 2 * f]]).t())
 
     def _messages(
         self, h: Tensor, pos: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor | None, proj: Tensor | None,
@@ -228,25 +232,81 @@ class EGCL(nn.Module):
         if edge_shift is not None:
             diff = diff - edge_shift  # x_i - (x_j + s_ij): the source's periodic image
         radial = (diff * diff).sum(-1, keepdim=True)
-        geo = radial if edge_attr is None else torch.cat([radial, edge_attr], dim=-1)
         lin = self.edge_mlp[0]
         if proj is not None:
             hh = self.hidden_channels
-            e = torch.addmm(lin.bias, geo, lin.weight[:, 2 * self.in_channels :].t())
-            e = e + proj[:, :hh].index_select(0, dst) + proj[:, hh:].index_select(0, src)
+            # W1 h_i + W2 h_j first, so the geometric terms are added by addmm in one pass
+            pre = proj[:, :hh].index_select(0, dst) + proj[:, hh:].index_select(0, src)
+            e = self._edge_pre(pre, radial, edge_attr)
         else:
+            geo = radial if edge_attr is None else torch.cat([radial, edge_attr], dim=-1)
             e = lin(torch.cat([h.index_select(0, dst), h.index_select(0, src), geo], dim=-1))
+        return self._edge_model(e, diff, radial)
+
+    def _edge_pre(self, pre: Tensor, radial: Tensor, edge_attr: Tensor | None) -> Tensor:
+        """First linear map of phi_e given ``pre = W1 h_i + b + W2 h_j`` ``[E, H]``: adds ``w3 r_ij + W4 a_ij``."""
+        w = self.edge_mlp[0].weight
+        f = 2 * self.in_channels
+        if edge_attr is None:
+            return torch.addcmul(pre, radial, w[:, f])
+        return torch.addmm(pre, torch.cat([radial, edge_attr], dim=-1), w[:, f:].t())
+
+    def _edge_model(self, e: Tensor, diff: Tensor, radial: Tensor) -> tuple[Tensor, Tensor | None]:
+        """From the first linear map's output ``e`` ``[E, H]``: messages ``m_ij`` and coordinate terms."""
         m = self.act(self.edge_mlp[1](self.act(e)))
         if self.att_mlp is not None:
             m = m * torch.sigmoid(self.att_mlp[0](m))
         if self.coord_mlp is None:
             return m, None
-        phi_x = self.coord_mlp[1](self.act(self.coord_mlp[0](m)))
+        # the last map has one output: a matrix-vector product (its backward is an outer product, cheaper
+        # than the K=1 matrix product nn.Linear would do)
+        phi_x = torch.mv(self.act(self.coord_mlp[0](m)), self.coord_mlp[1].weight[0]).unsqueeze(-1)
         if self.tanh:
             phi_x = torch.tanh(phi_x) * self.coords_range
         if self.normalize:
             diff = diff / torch.sqrt(radial + self.norm_eps)
         return m, diff * phi_x
+
+    # --- dense path: B equal-size fully connected graphs ---------------------------------------------
+    def propagate_dense(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        n: int,
+        edge_attr: Tensor | None = None,
+        node_attr: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Unchecked forward for ``B = N / n`` fully connected graphs of ``n >= 2`` nodes each, whose
+        ``edge_index`` is exactly :func:`egnn.ops.fully_connected_edges` ``([n] * B)`` (graph, then target ``i``,
+        then source ``j != i``; the caller checks this).
+
+        Same result as :meth:`propagate` (up to float summation order), computed on ``[B, n, n - 1, *]``
+        views: the target terms are broadcast and the sums over ``j`` are reductions over one dimension, so
+        no gather of targets and no scatter. Returns ``(h_new, coordinate update)``.
+        """
+        num = h.shape[0]
+        b, k, d = num // n, n - 1, pos.shape[1]
+        hh = self.hidden_channels
+        src = edge_index[0]
+        lin, f = self.edge_mlp[0], self.in_channels
+        pd = torch.addmm(lin.bias, h, lin.weight[:, :f].t()).view(b, n, 1, hh)  # W1 h_i + b, broadcast over j
+        ps = (h @ lin.weight[:, f : 2 * f].t()).index_select(0, src).view(b, n, k, hh)  # W2 h_j
+        diff = (pos.view(b, n, 1, d) - pos.index_select(0, src).view(b, n, k, d)).view(-1, d)
+        radial = (diff * diff).sum(-1, keepdim=True)
+        e = self._edge_pre((pd + ps).view(-1, hh), radial, edge_attr)
+        m, trans = self._edge_model(e, diff, radial)
+        agg_h = m.view(b, n, k, hh).sum(2).view(num, hh)
+        delta = None
+        if trans is not None:
+            delta = trans.view(b, n, k, d).sum(2).view(num, d)
+            if self.coord_agg == "mean":
+                delta = delta / k
+        parts = [h, agg_h] if node_attr is None else [h, agg_h, node_attr]
+        out = self.node_mlp[1](self.act(self.node_mlp[0](torch.cat(parts, dim=-1))))
+        if self.residual:
+            out = h + out
+        return out, delta
 
 
 class EGCLVel(EGCL):
@@ -310,6 +370,17 @@ class EGCLVel(EGCL):
         """Unchecked forward; returns ``(h, pos, vel, count)``."""
         scale = self.vel_mlp[1](self.act(self.vel_mlp[0](h)))  # phi_v(h_i), on the input features
         h_out, delta, count = self.propagate(h, pos, edge_index, edge_attr, node_attr, count, edge_shift)
-        v = scale * vel + delta
+        v = torch.addcmul(delta, scale, vel)
         return h_out, pos + v, v, count
+
+    def propagate_vel_dense(
+        self, h: Tensor, pos: Tensor, edge_index: Tensor, n: int, vel: Tensor, edge_attr: Tensor | None = None,
+        node_attr: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`propagate_vel` on ``N / n`` fully connected graphs of ``n`` nodes (see
+        :meth:`EGCL.propagate_dense`); returns ``(h, pos, vel)``."""
+        scale = self.vel_mlp[1](self.act(self.vel_mlp[0](h)))
+        h_out, delta = self.propagate_dense(h, pos, edge_index, n, edge_attr, node_attr)
+        v = torch.addcmul(delta, scale, vel)
+        return h_out, pos + v, v
 

@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from egnn.nn.egcl import EGCL, EGCLVel, make_activation
 from egnn.nn.validation import check_batch, check_graph_inputs
+from egnn.ops.neighbors import fully_connected_edges
 from egnn.ops.scatter import scatter_count, scatter_mean, scatter_sum
 
 
@@ -38,6 +39,7 @@ class EGNNConfig:
     norm_eps: float = 1e-8
     fast: bool = True
     chunk_size: int | None = None
+    dense: bool = True
     checkpoint: bool = False
     checkpoint_chunks: bool = False
 
@@ -90,6 +92,11 @@ class EGNN(nn.Module):
             as in :class:`EGCL`.
         velocity: use :class:`EGCLVel` layers (eq. 7); ``vel`` becomes a required input.
         update_coords: ``False`` gives an invariant model (positions used only through distances).
+        dense: take the dense path when the edges are exactly those of
+            :func:`egnn.ops.fully_connected_edges` for ``B`` graphs of equal size ``n >= 2`` (e.g. the N-body
+            batches): messages on ``[B, n, n - 1, H]`` views, no gather of targets and no scatter; same result
+            as the sparse path up to float summation order. Not taken with ``edge_shift``, ``chunk_size``,
+            ``fast=False`` or under ``torch.compile`` (the layout check reads the edge indices).
         checkpoint: recompute each layer in the backward pass (activation checkpointing) to save memory.
         checkpoint_chunks: recompute each edge chunk's messages in the backward pass (with ``chunk_size``):
             training memory ``O(N H + chunk H)`` per layer, for one extra message evaluation.
@@ -136,6 +143,7 @@ class EGNN(nn.Module):
             if c.graph_out_nf
             else None
         )
+        self._dense_edges: tuple[tuple, Tensor] | None = None  # the last canonical layout checked (not state)
 
     @classmethod
     def from_config(cls, config: EGNNConfig | dict[str, Any]) -> EGNN:
@@ -172,12 +180,13 @@ class EGNN(nn.Module):
         edge_index = edge_index.long()
         node_attr = h if c.node_attr else None
         x = self.embedding(h)
+        n_dense = self._dense_size(edge_index, h.shape[0]) if edge_shift is None else None
         count = None
-        if c.update_coords and c.coord_agg == "mean":
+        if c.update_coords and c.coord_agg == "mean" and n_dense is None:
             count = scatter_count(edge_index[1], h.shape[0], pos.dtype)  # shared by all layers
         v_out = None
         for layer in self.layers:
-            args = (x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift)
+            args = (x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift, n_dense)
             if c.checkpoint and torch.is_grad_enabled():
                 x, pos, v_out = activation_checkpoint(self._layer_step, layer, *args, use_reentrant=False)
             else:
@@ -191,12 +200,33 @@ class EGNN(nn.Module):
         return EGNNOutput(x, pos, v_out, graph)
 
     @staticmethod
-    def _layer_step(layer, x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift=None):
+    def _layer_step(layer, x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift=None, n_dense=None):
+        if n_dense is not None:
+            if isinstance(layer, EGCLVel):
+                return layer.propagate_vel_dense(x, pos, edge_index, n_dense, vel, edge_attr, node_attr)
+            x, delta = layer.propagate_dense(x, pos, edge_index, n_dense, edge_attr, node_attr)
+            return x, (pos + delta if delta is not None else pos), None
         if isinstance(layer, EGCLVel):
             x, pos, v, _ = layer.propagate_vel(x, pos, edge_index, vel, edge_attr, node_attr, count, edge_shift)
             return x, pos, v
         x, delta, _ = layer.propagate(x, pos, edge_index, edge_attr, node_attr, count, edge_shift)
         return x, (pos + delta if delta is not None else pos), None
+
+    def _dense_size(self, edge_index: Tensor, num_nodes: int) -> int | None:
+        """``n`` if ``edge_index`` is ``fully_connected_edges([n] * B)`` with ``n >= 2`` and the dense path applies."""
+        c = self.config
+        if not c.dense or not c.fast or c.chunk_size is not None or torch.compiler.is_compiling():
+            return None
+        num_edges = edge_index.shape[1]
+        if num_edges == 0 or num_edges % num_nodes:
+            return None
+        n = num_edges // num_nodes + 1
+        if num_nodes % n:
+            return None
+        key = (num_nodes, n, edge_index.device)
+        if self._dense_edges is None or self._dense_edges[0] != key:
+            self._dense_edges = (key, fully_connected_edges([n] * (num_nodes // n), device=edge_index.device))
+        return n if torch.equal(edge_index, self._dense_edges[1]) else None
 
     def pool(self, x: Tensor, batch: Tensor | None, num_graphs: int | None = None) -> Tensor:
         """Invariant per-graph pooling (sum or mean, ``readout``) of node values."""
