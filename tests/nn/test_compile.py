@@ -10,23 +10,23 @@ from egnn.ops import fully_connected_edges, radius_graph
 # 6 batches, every node and edge count different (no size 0 or 1, which torch specialises on)
 SIZES = [[5] * 4, [3, 7, 2], [5] * 100, [9, 4], [6, 6, 6, 2, 3], [12, 2, 8]]
 CONFIGS = {
-    "nbody": {"in_node_nf": 1, "in_edge_nf": 2, "velocity": True},
-    "qm9": {"in_node_nf": 15, "update_coords": False, "attention": True, "node_attr": True, "out_node_nf": 16,
-            "graph_out_nf": 1},
-    "radius": {"in_node_nf": 4, "normalize": True, "tanh": True},
+    "nbody": {"in_channels": 1, "edge_dim": 2, "velocity": True},
+    "qm9": {"in_channels": 15, "update_coords": False, "attention": True, "node_attr": True, "out_channels": 16,
+            "graph_out_channels": 1},
+    "radius": {"in_channels": 4, "normalize": True, "tanh": True},
 }
 
 
 def _batch(cfg, sizes, g):
     n = sum(sizes)
     ei = fully_connected_edges(sizes)
-    args = {"h": torch.randn(n, cfg["in_node_nf"], generator=g), "pos": torch.randn(n, 3, generator=g),
+    args = {"h": torch.randn(n, cfg["in_channels"], generator=g), "pos": torch.randn(n, 3, generator=g),
             "edge_index": ei}
-    if cfg.get("in_edge_nf"):
-        args["edge_attr"] = torch.randn(ei.shape[1], cfg["in_edge_nf"], generator=g)
+    if cfg.get("edge_dim"):
+        args["edge_attr"] = torch.randn(ei.shape[1], cfg["edge_dim"], generator=g)
     if cfg.get("velocity"):
         args["vel"] = torch.randn(n, 3, generator=g)
-    if cfg.get("graph_out_nf"):
+    if cfg.get("graph_out_channels"):
         args["batch"] = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
         args["num_graphs"] = len(sizes)
     return args
@@ -37,7 +37,7 @@ def test_one_dynamic_graph_for_all_shapes(name):
     torch._dynamo.reset()
     cfg = CONFIGS[name]
     torch.manual_seed(0)
-    model = EGNN(hidden_nf=16, n_layers=2, **cfg)
+    model = EGNN(hidden_channels=16, num_layers=2, **cfg)
     counter = CompileCounter()  # counts the graphs dynamo hands to the backend (no code generation: fast)
     compiled = torch.compile(model, backend=counter, dynamic=True, fullgraph=True)
     g = torch.Generator().manual_seed(0)
@@ -55,7 +55,7 @@ def test_one_dynamic_graph_for_all_shapes(name):
 def test_one_dynamic_graph_for_training_steps():
     torch._dynamo.reset()
     cfg = CONFIGS["nbody"]
-    model = EGNN(hidden_nf=16, n_layers=2, **cfg)
+    model = EGNN(hidden_channels=16, num_layers=2, **cfg)
     counter = CompileCounter()
     compiled = torch.compile(model, backend=counter, dynamic=True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -10,10 +10,10 @@ from egnn.ops import fully_connected_edges
 from egnn.testing import assert_equivariant
 
 OPTIONS = {
-    "nbody": {"in_edge_nf": 2, "velocity": True},
+    "nbody": {"edge_dim": 2, "velocity": True},
     "attention_normalize_tanh": {"attention": True, "normalize": True, "tanh": True, "coords_range": 2.0},
     "sum_agg_node_attr": {"coord_agg": "sum", "node_attr": True},
-    "invariant_graph_head": {"update_coords": False, "graph_out_nf": 2, "out_node_nf": 3},
+    "invariant_graph_head": {"update_coords": False, "graph_out_channels": 2, "out_channels": 3},
 }
 
 
@@ -23,8 +23,8 @@ def _inputs(opts, b=4, n=5, dim=3, dtype=torch.float64, seed=0):
     ei = fully_connected_edges([n] * b)
     out = {"h": torch.randn(num, 3, generator=g, dtype=dtype), "pos": torch.randn(num, dim, generator=g, dtype=dtype),
            "edge_index": ei, "batch": torch.arange(b).repeat_interleave(n), "num_graphs": b}
-    if opts.get("in_edge_nf"):
-        out["edge_attr"] = torch.randn(ei.shape[1], opts["in_edge_nf"], generator=g, dtype=dtype)
+    if opts.get("edge_dim"):
+        out["edge_attr"] = torch.randn(ei.shape[1], opts["edge_dim"], generator=g, dtype=dtype)
     if opts.get("velocity"):
         out["vel"] = torch.randn(num, dim, generator=g, dtype=dtype)
     return out
@@ -32,11 +32,11 @@ def _inputs(opts, b=4, n=5, dim=3, dtype=torch.float64, seed=0):
 
 def _pair(opts, dtype=torch.float64):
     torch.manual_seed(0)
-    dense = EGNN(3, 16, n_layers=3, **opts).to(dtype)
+    dense = EGNN(3, 16, num_layers=3, **opts).to(dtype)
     for layer in dense.layers:
         if layer.coord_mlp is not None:
             torch.nn.init.normal_(layer.coord_mlp[1].weight, std=0.3)  # visible coordinate updates
-    sparse = EGNN(3, 16, n_layers=3, dense=False, **opts).to(dtype)
+    sparse = EGNN(3, 16, num_layers=3, dense=False, **opts).to(dtype)
     sparse.load_state_dict(dense.state_dict())
     return dense, sparse
 
@@ -110,7 +110,7 @@ def test_dense_batched_equals_per_graph():
                                   "disabled", "single_nodes"])
 def test_dense_path_not_taken(case):
     torch.manual_seed(0)
-    model = EGNN(3, 8, n_layers=2, chunk_size=7 if case == "chunked" else None, dense=case != "disabled").double()
+    model = EGNN(3, 8, num_layers=2, chunk_size=7 if case == "chunked" else None, dense=case != "disabled").double()
     sizes = [4, 5] if case == "unequal_sizes" else [1, 1, 1] if case == "single_nodes" else [4, 4]
     ei = fully_connected_edges(sizes)
     if case == "permuted_edges":
@@ -123,6 +123,6 @@ def test_dense_path_not_taken(case):
     with _spy() as spy:
         out = model(h, pos, ei, edge_shift=shift)
     assert spy.call_count == 0
-    ref = EGNN(3, 8, n_layers=2, dense=False).double()
+    ref = EGNN(3, 8, num_layers=2, dense=False).double()
     ref.load_state_dict(model.state_dict())
     torch.testing.assert_close(out.pos, ref(h, pos, ei).pos)

@@ -55,17 +55,27 @@ class EGCL(nn.Module):
         residual: add ``h_i`` to the output of :math:`\phi_h` (needs ``out_channels == in_channels``).
         attention: infer soft edges :math:`e_{ij} = \mathrm{sigmoid}(\mathrm{Linear}(m_{ij}))` weighting the
             messages (the paper's edge inference).
-        normalize: use :math:`(x_i - x_j) / \sqrt{\|x_i - x_j\|^2 + \epsilon}` in the coordinate update.
+        normalize: ``True``: use :math:`(x_i - x_j) / \sqrt{\|x_i - x_j\|^2 + \epsilon}` in the coordinate
+            update, with the gradient through the norm. ``"reference"``: the reference code's
+            :math:`(x_i - x_j) / (\mathrm{stop\_grad}(\|x_i - x_j\|) + \epsilon)` (``egnn_clean.py``, norm
+            detached), so that weights ported from it give the same values and gradients. The two agree to
+            ~1e-7 at unit distances but differ near coincident nodes and in their gradients.
         tanh: bound :math:`\phi_x` to ``coords_range * tanh(.)``.
-        coords_range: bound of :math:`\phi_x` with ``tanh``.
+        coords_range: bound of :math:`\phi_x` with ``tanh`` (> 0). The reference code's ``tanh`` bound is 1
+            (``coords_range=1.0`` reproduces it); ours defaults to 15.
         coord_agg: ``"mean"`` (:math:`C = 1/\deg(i)`, the reference code's choice) or ``"sum"`` (:math:`C=1`).
         update_coords: ``False`` builds an invariant-only layer: no :math:`\phi_x`, positions returned as is.
-        norm_eps: :math:`\epsilon` of ``normalize``; keeps values and gradients finite when nodes coincide.
+        norm_eps: :math:`\epsilon` of ``normalize`` (> 0); keeps values and gradients finite when nodes coincide.
         fast: per-node projection form of the first linear map of :math:`\phi_e` (see above).
         chunk_size: compute and scatter messages in chunks of this many edges (bounded memory for huge
             graphs; same result). ``None`` processes all edges at once.
         checkpoint_chunks: when gradients are on, recompute each chunk's messages in the backward pass instead
             of storing them, so a training step needs ``O(N H + chunk H)`` memory like inference.
+
+    Differences from the reference code (vgsatorras/egnn; measured with identical weights): the
+    ``normalize`` formula and its gradient (see ``normalize``; ``"reference"`` reproduces it); the reference
+    clamps every coordinate message :math:`(x_i - x_j)\phi_x(m_{ij})` to :math:`[-100, 100]`, we do not (it never
+    triggers in its experiments); its ``tanh`` bound is 1, ours ``coords_range`` (default 15).
 
     Shapes:
         - **input:** ``h`` ``[N, in_channels]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
@@ -86,7 +96,7 @@ class EGCL(nn.Module):
         act: str = "silu",
         residual: bool = True,
         attention: bool = False,
-        normalize: bool = False,
+        normalize: bool | str = False,
         tanh: bool = False,
         coords_range: float = 15.0,
         coord_agg: str = "mean",
@@ -104,6 +114,12 @@ class EGCL(nn.Module):
             raise ValueError(f"residual needs out_channels == in_channels, got {out_channels} != {in_channels}")
         if coord_agg not in ("mean", "sum"):
             raise ValueError(f"coord_agg must be 'mean' or 'sum', got {coord_agg!r}")
+        if normalize not in (False, True, "reference"):
+            raise ValueError(f"normalize must be False, True or 'reference', got {normalize!r}")
+        if not norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0 (0 gives NaN for coincident nodes), got {norm_eps}")
+        if not coords_range > 0:
+            raise ValueError(f"coords_range must be > 0, got {coords_range}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
@@ -134,6 +150,10 @@ class EGCL(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        r"""Re-initialise every parameter as at construction (authoritative: :class:`EGNN` calls it per layer).
+
+        PyTorch's default for every linear map, except :math:`\phi_x`'s last one: Xavier-uniform with gain
+        0.001, as the reference code, so that training starts with near-zero coordinate updates."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
@@ -263,7 +283,9 @@ class EGCL(nn.Module):
         phi_x = torch.mv(self.act(self.coord_mlp[0](m)), self.coord_mlp[1].weight[0]).unsqueeze(-1)
         if self.tanh:
             phi_x = torch.tanh(phi_x) * self.coords_range
-        if self.normalize:
+        if self.normalize == "reference":
+            diff = diff / (torch.sqrt(radial).detach() + self.norm_eps)
+        elif self.normalize:
             diff = diff / torch.sqrt(radial + self.norm_eps)
         return m, diff * phi_x
 
@@ -335,10 +357,7 @@ class EGCLVel(EGCL):
             m.reset_parameters()
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
-        if hasattr(self, "vel_mlp"):
-            for m in self.vel_mlp:
-                m.reset_parameters()
+        super().reset_parameters()  # every nn.Linear, vel_mlp included once it exists
 
     def forward(  # type: ignore[override]
         self,
