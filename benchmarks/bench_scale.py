@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, required=True, help="number of points N")
     parser.add_argument("--degree", type=float, default=32.0, help="target mean in-degree")
-    parser.add_argument("--chunk", type=int, default=1 << 18, help="edges per message chunk (chunk_size)")
+    parser.add_argument("--chunk", type=int, default=1 << 14, help="edges per message chunk (chunk_size)")
     parser.add_argument("--chunk-checkpoint", action="store_true", help="with --train: per-chunk checkpointing")
     parser.add_argument("--train", action="store_true", help="one training step with activation checkpointing")
     parser.add_argument("--no-checkpoint", action="store_true", help="with --train: disable checkpointing")

@@ -126,3 +126,24 @@ def test_dense_path_not_taken(case):
     ref = EGNN(3, 8, num_layers=2, dense=False).double()
     ref.load_state_dict(model.state_dict())
     torch.testing.assert_close(out.pos, ref(h, pos, ei).pos)
+
+
+@pytest.mark.parametrize("act", ["silu", "relu", "gelu"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_inference_in_place_path_equals_autograd_path(act, dense):
+    """Without autograd the edge intermediates are overwritten in place: same values as with autograd."""
+    torch.manual_seed(0)
+    model = EGNN(3, 16, num_layers=2, edge_dim=2, velocity=True, act=act, dense=dense, attention=True).double()
+    for layer in model.layers:
+        torch.nn.init.normal_(layer.coord_mlp[1].weight, std=0.3)
+    inputs = _inputs({"in_edge_nf": 2, "velocity": True})
+    inputs["edge_attr"] = torch.randn(inputs["edge_index"].shape[1], 2, dtype=torch.float64)
+    with_grad = model(**inputs)
+    with torch.no_grad():
+        no_grad = model(**inputs)
+    with torch.inference_mode():
+        inference = model(**inputs)
+    for a, b, c in zip(with_grad, no_grad, inference):
+        if a is not None:
+            torch.testing.assert_close(b, a.detach(), atol=1e-13, rtol=1e-13)
+            torch.testing.assert_close(c, a.detach(), atol=1e-13, rtol=1e-13)

@@ -18,6 +18,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+_INPLACE = {nn.SiLU: lambda x: torch.nn.functional.silu(x, inplace=True), nn.ReLU: torch.relu_}
+
+
 def make_activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
@@ -237,16 +240,14 @@ class EGCL(nn.Module):
             out = h + out
         return out, delta, count
 
-    def _node_projection(self, h: Tensor) -> Tensor:
-        # W1 h_i + b and W2 h_j for every node in one matrix product: [N, 2H]
-        lin = self.edge_mlp[0]
-        w, f = lin.weight, self.in_channels
-        bias = torch.cat([lin.bias, torch.zeros_like(lin.bias)])
-        return torch.addmm(bias, h, torch.cat([w[:, :f], w[:, f : 2 * f]]).t())
+    def _node_projection(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        # W1 h_i + b and W2 h_j for every node, each [N, H] and contiguous (fast row gathers per chunk)
+        lin, f = self.edge_mlp[0], self.in_channels
+        return torch.addmm(lin.bias, h, lin.weight[:, :f].t()), h @ lin.weight[:, f : 2 * f].t()
 
     def _messages(
-        self, h: Tensor, pos: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor | None, proj: Tensor | None,
-        edge_shift: Tensor | None = None,
+        self, h: Tensor, pos: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor | None,
+        proj: tuple[Tensor, Tensor] | None, edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         diff = pos.index_select(0, dst) - pos.index_select(0, src)  # x_i - x_j
         if edge_shift is not None:
@@ -254,9 +255,9 @@ class EGCL(nn.Module):
         radial = (diff * diff).sum(-1, keepdim=True)
         lin = self.edge_mlp[0]
         if proj is not None:
-            hh = self.hidden_channels
-            # W1 h_i + W2 h_j first, so the geometric terms are added by addmm in one pass
-            pre = proj[:, :hh].index_select(0, dst) + proj[:, hh:].index_select(0, src)
+            # W1 h_i + b + W2 h_j first, so the geometric terms are added by one addmm / addcmul
+            pre = proj[0].index_select(0, dst)
+            pre = pre.add_(proj[1].index_select(0, src)) if self._in_place() else pre + proj[1].index_select(0, src)
             e = self._edge_pre(pre, radial, edge_attr)
         else:
             geo = radial if edge_attr is None else torch.cat([radial, edge_attr], dim=-1)
@@ -268,19 +269,28 @@ class EGCL(nn.Module):
         w = self.edge_mlp[0].weight
         f = 2 * self.in_channels
         if edge_attr is None:
-            return torch.addcmul(pre, radial, w[:, f])
+            return pre.addcmul_(radial, w[:, f]) if self._in_place() else torch.addcmul(pre, radial, w[:, f])
         return torch.addmm(pre, torch.cat([radial, edge_attr], dim=-1), w[:, f:].t())
+
+    @staticmethod
+    def _in_place() -> bool:
+        # without autograd, edge-sized intermediates are overwritten instead of allocated (less memory traffic)
+        return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+    def _act_edges(self, x: Tensor) -> Tensor:
+        inplace = _INPLACE.get(type(self.act))
+        return inplace(x) if inplace is not None and self._in_place() else self.act(x)
 
     def _edge_model(self, e: Tensor, diff: Tensor, radial: Tensor) -> tuple[Tensor, Tensor | None]:
         """From the first linear map's output ``e`` ``[E, H]``: messages ``m_ij`` and coordinate terms."""
-        m = self.act(self.edge_mlp[1](self.act(e)))
+        m = self._act_edges(self.edge_mlp[1](self._act_edges(e)))
         if self.att_mlp is not None:
             m = m * torch.sigmoid(self.att_mlp[0](m))
         if self.coord_mlp is None:
             return m, None
         # the last map has one output: a matrix-vector product (its backward is an outer product, cheaper
         # than the K=1 matrix product nn.Linear would do)
-        phi_x = torch.mv(self.act(self.coord_mlp[0](m)), self.coord_mlp[1].weight[0]).unsqueeze(-1)
+        phi_x = torch.mv(self._act_edges(self.coord_mlp[0](m)), self.coord_mlp[1].weight[0]).unsqueeze(-1)
         if self.tanh:
             phi_x = torch.tanh(phi_x) * self.coords_range
         if self.normalize == "reference":
