@@ -40,6 +40,7 @@ from torch import Tensor
 
 from egnn.experiments.nbody.data import NBodySplit
 from egnn.experiments.nbody.models import NBODY_MODELS
+from egnn.runtime import tune_cpu_allocator
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import reference_code  # noqa: E402
@@ -263,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adam", default="fused", choices=["fused", "foreach", "default"],
                     help="our optimizer implementation (the reference always gets torch's default Adam)")
     args = ap.parse_args(argv)
+    tuned = tune_cpu_allocator()  # both sides alike: no page faults from freed and re-allocated buffers
+    print(f"egnn.runtime.tune_cpu_allocator(): {tuned}")
     if reference_code.reference_dir() is None:
         print(f"NOTE: {reference_code.ABSENT_NOTE}; timing ours only, no ratios")
     print(f"torch {torch.__version__}; N-body {B} systems x {M} particles, hidden {HIDDEN}, {LAYERS} layers; "
