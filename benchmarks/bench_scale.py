@@ -28,8 +28,8 @@ workers=-1)`` on the same points (the raw cost inside ``radius_graph``) and prin
 
 The allocator is tuned first (:func:`egnn.runtime.tune_cpu_allocator`; ``--default-malloc`` keeps glibc's
 defaults): with the defaults, each edge chunk's buffers are page-faulted in again (one layer at 3·10^5 nodes,
-1 thread: 9.8 s instead of 7.7 s). The wall times depend on how busy the machine is; the CPU time of the timed part (user +
-system, all threads) goes to stderr as ``# forward: C s CPU (...)``.
+1 thread: 9.8 s instead of 7.7 s). The wall times depend on how busy the machine is; the CPU time of the
+timed part (user + system, all threads) goes to stderr as ``# forward: C s CPU (...)``.
 
 Peak RSS is the process's ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the whole run, graph included).
 """
