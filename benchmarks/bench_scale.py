@@ -38,16 +38,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import sys
 import time
 
-import torch
-from torch import Tensor
+# before torch's first allocation: large buffers on transparent huge pages (see egnn.runtime)
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from egnn.nn import EGNN
-from egnn.ops import radius_graph
-from egnn.runtime import tune_cpu_allocator
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from egnn.nn import EGNN  # noqa: E402
+from egnn.ops import radius_graph  # noqa: E402
+from egnn.runtime import tune_cpu_allocator  # noqa: E402
 
 
 def peak_rss_gib() -> float:

@@ -7,6 +7,13 @@ is returned to the kernel: every training step or edge chunk then page-faults it
 steps (the paper's model, 96 molecules) took 11.7 s with 2.9 s of system time and 1.27 M minor page faults,
 and 9.2 s with 0.0 s and none after :func:`tune_cpu_allocator`; one layer of a 3·10^5-node forward with
 16 384-edge chunks took 9.8 s, and 7.7 s after it. It keeps the memory in the process instead.
+
+Buffers above 32 MiB are always ``mmap``-ed by glibc; PyTorch can back them with 2 MiB transparent huge pages
+(512 times fewer page faults) when the environment variable ``THP_MEM_ALLOC_ENABLE=1`` is set before torch's
+first allocation, i.e. before ``import torch`` (it cannot be switched on later, so this module does not try).
+``egnn qm9 train --preset quick --epochs 1 --max-train 2000 --threads 1``, three runs back to back: glibc
+defaults 59.3 s wall, 26.8 s system time, 9.9 M minor faults; with :func:`tune_cpu_allocator` 45.0 s, 13.3 s,
+5.4 M; with both 33.4 s, 3.5 s, 0.26 M.
 """
 
 from __future__ import annotations
