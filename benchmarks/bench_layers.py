@@ -57,7 +57,7 @@ def _ours(inp, fast: bool):
     from egnn.nn import EGNN
 
     vel = inp["vel"] is not None
-    model = EGNN(1, 64, 4, in_edge_nf=2 if inp["edge_attr"] is not None else 0, velocity=vel, fast=fast)
+    model = EGNN(1, 64, 4, edge_dim=2 if inp["edge_attr"] is not None else 0, velocity=vel, fast=fast)
 
     def forward():
         return model(inp["h"], inp["pos"], inp["edge_index"], inp["edge_attr"], inp["vel"]).pos

@@ -13,7 +13,11 @@ every variant:
 * ``padded``: every molecule padded to 29 atoms with node and edge masks, all 29 x 29 pairs computed and masked
   (how the reference code, vgsatorras/egnn ``qm9/models.py``, batches QM9), written below as a compact dense
   EGCL on ``[B, 29, 29, *]`` tensors with the per-pair concatenation;
-* ``padded_proj`` (extra, to separate the two effects): the padded layout with the per-node projection.
+* ``padded_proj`` (extra, to separate the two effects): the padded layout with the per-node projection;
+* ``reference``: the paper's own code, ``qm9/models.py`` ``EGNN`` from ``shared/reference_egnn`` beside the
+  repository (see ``benchmarks/reference_code.py``), on the reference trainer's padded layout (every molecule
+  padded to the batch's largest, node and edge masks), with our weights; skipped with a note when the reference
+  code is absent. The ratio columns are then against it.
 
 The dense model is loaded with the EGNN's weights and checked to give the same predictions (float64) before
 timing. Timing is round-robin over the variants, step by step, so a change in machine load affects all of them
@@ -43,9 +47,13 @@ from egnn.experiments.qm9 import data as qm9
 from egnn.experiments.qm9.model import build_model, predict
 from egnn.experiments.qm9.train import Normalizer, QM9Batch, QM9Split
 from egnn.nn import EGNN
+from egnn.runtime import tune_cpu_allocator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference_code  # noqa: E402
 
 MAX_ATOMS = 29  # largest QM9 molecule
-VARIANTS = ("fast", "concat", "padded", "padded_proj")
+VARIANTS = ("fast", "concat", "padded", "padded_proj", "reference")
 
 
 # --------------------------------------------------------------------------------------- padded dense EGCL
@@ -155,6 +163,24 @@ def make_runner(name: str, hidden: int, layers: int, batches: list[QM9Batch], no
     """(model, step(i) -> None) for one variant; step does forward, L1 loss, backward and an Adam update."""
     torch.manual_seed(0)
     ours = build_model(hidden_nf=hidden, n_layers=layers, fast=(name != "concat"))
+    if name == "reference":
+        ref = reference_code.qm9_module().EGNN(in_node_nf=15, in_edge_nf=0, hidden_nf=hidden, n_layers=layers,
+                                               attention=True, node_attr=1)
+        reference_code.port_qm9_weights(ref, ours)
+        ref.to(device)
+        padded = [{k: (v.to(device) if isinstance(v, Tensor) else [e.to(device) for e in v] if isinstance(v, list)
+                       else v) for k, v in reference_code.padded_qm9_inputs(b.h, b.pos, b.batch, b.num_graphs).items()}
+                  for b in batches]
+        targets = [norm.normalize(b.y).to(device) for b in batches]
+        opt = torch.optim.Adam(ref.parameters(), lr=1e-4, weight_decay=1e-16)
+
+        def ref_step(i: int) -> None:
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.l1_loss(ref(**padded[i % len(padded)]), targets[i % len(targets)])
+            loss.backward()
+            opt.step()
+
+        return ref, ref_step
     if name.startswith("padded"):
         model: nn.Module = DenseQM9(15, hidden, layers, project=(name == "padded_proj")).load_from(ours)
         inputs = [{k: v.to(device) for k, v in pad(b).items()} for b in batches]
@@ -185,7 +211,8 @@ def make_runner(name: str, hidden: int, layers: int, batches: list[QM9Batch], no
 
 
 def check_equivalence(batches: list[QM9Batch], hidden: int, layers: int) -> float:
-    """Largest |prediction difference| between the EGNN and the padded dense model, float64, same weights."""
+    """Largest |prediction difference| between the EGNN and the padded dense models (ours and, when present, the
+    reference code's), float64, same weights."""
     torch.manual_seed(0)
     ours = build_model(hidden_nf=hidden, n_layers=layers).double()
     worst = 0.0
@@ -197,6 +224,14 @@ def check_equivalence(batches: list[QM9Batch], hidden: int, layers: int) -> floa
             a = predict(ours, b64.h, b64.pos, b64.edge_index, b64.batch, b64.num_graphs)
             d = dense(**pad(b64))
         worst = max(worst, float((a - d).abs().max()))
+    mod = reference_code.qm9_module()
+    if mod is not None:  # the reference code's own model on its padded layout
+        ref = mod.EGNN(in_node_nf=15, in_edge_nf=0, hidden_nf=hidden, n_layers=layers, attention=True,
+                       node_attr=1).double()
+        reference_code.port_qm9_weights(ref, ours)
+        with torch.no_grad():
+            r = ref(**reference_code.padded_qm9_inputs(b64.h, b64.pos, b64.batch, b64.num_graphs))
+        worst = max(worst, float((a - r).abs().max()))
     return worst
 
 
@@ -264,6 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory child processes")
     parser.add_argument("--child", default=None, choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    tune_cpu_allocator()  # every variant alike: freed buffers are reused, not page-faulted in again
+    if "reference" in args.variants and reference_code.reference_dir() is None:
+        print(f"NOTE: {reference_code.ABSENT_NOTE}; the 'reference' variant is skipped")
+        args.variants = [v for v in args.variants if v != "reference"]
     torch.set_num_threads(args.threads)
     if args.child:
         child_memory(args)
@@ -279,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{n_batches} batches of real training molecules: {np.mean(atoms):.0f} atoms, {np.mean(edges):.0f} edges "
           f"per batch unpadded; padded to {MAX_ATOMS} atoms: {args.batch * MAX_ATOMS} nodes, "
           f"{args.batch * MAX_ATOMS * MAX_ATOMS} pairs")
-    print(f"equivalence (float64, same weights): max |EGNN - padded dense| = "
+    print(f"equivalence (float64, same weights): max |EGNN - padded dense (and reference)| = "
           f"{check_equivalence(batches, args.hidden, args.layers):.2e}")
 
     # batch construction cost of the unpadded layout (gather + features + fully connected edges)
@@ -313,13 +352,13 @@ def main(argv: list[str] | None = None) -> None:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             memory[name] = json.loads(out.strip().splitlines()[-1])
 
-    ref = "padded" if "padded" in times else args.variants[-1]
+    ref = "reference" if "reference" in times else "padded" if "padded" in times else args.variants[-1]
     ref_rate = args.batch * len(times[ref]) / sum(times[ref])
     ref_cpu = args.batch * len(cpu[ref]) / sum(cpu[ref])
     print()
     print("Wall rate: molecules per wall-clock second; CPU rate: molecules per CPU-second of this process x threads")
     print("(the two agree on idle cores; see the module docstring for shared machines).")
-    print("| variant | molecules/s (wall) | x padded | molecules/s (CPU, x threads) | x padded | median step (ms) | "
+    print(f"| variant | molecules/s (wall) | x {ref} | molecules/s (CPU, x threads) | x {ref} | median step (ms) | "
           "peak memory growth (MB) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.variants:

@@ -4,7 +4,7 @@
 
 prints exactly one line::
 
-    N nodes, E edges, graph T1 s, forward T2 s, peak RSS M GiB
+    N nodes, E edges, graph T1 s, forward T2 s, peak RSS M GiB, F TFLOP at R GFLOP/s
 
 for a 4-layer, hidden-64 :class:`egnn.nn.EGNN` (inference, ``torch.no_grad``) on ``N`` points drawn uniformly in
 the unit cube, with a radius graph of about 32 neighbours per node: the radius is chosen from the density,
@@ -26,8 +26,10 @@ edges during that layer's backward.
 workers=-1)`` on the same points (the raw cost inside ``radius_graph``) and prints
 ``N nodes, E edges, build T0 s, query T1 s, peak RSS M GiB``.
 
-The wall times depend on how busy the machine is; the CPU time of the timed part (user + system, all threads)
-goes to stderr as ``# forward: C s CPU (...)``.
+The allocator is tuned first (:func:`egnn.runtime.tune_cpu_allocator`; ``--default-malloc`` keeps glibc's
+defaults): with the defaults, each edge chunk's buffers are page-faulted in again (one layer at 3·10^5 nodes,
+1 thread: 9.8 s instead of 7.7 s). The wall times depend on how busy the machine is; the CPU time of the
+timed part (user + system, all threads) goes to stderr as ``# forward: C s CPU (...)``.
 
 Peak RSS is the process's ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the whole run, graph included).
 """
@@ -36,15 +38,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import sys
 import time
 
-import torch
-from torch import Tensor
+# before torch's first allocation: large buffers on transparent huge pages (see egnn.runtime)
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from egnn.nn import EGNN
-from egnn.ops import radius_graph
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from egnn.nn import EGNN  # noqa: E402
+from egnn.ops import radius_graph  # noqa: E402
+from egnn.runtime import tune_cpu_allocator  # noqa: E402
 
 
 def peak_rss_gib() -> float:
@@ -105,6 +112,14 @@ def build_model(chunk: int, checkpoint: bool, checkpoint_chunks: bool, layers: i
     return EGNN(1, hidden, layers, chunk_size=chunk, checkpoint=checkpoint, checkpoint_chunks=checkpoint_chunks)
 
 
+def forward_flops(n: int, e: int, h: int = 64, layers: int = 4) -> float:
+    """FLOPs (2 per multiply-add) of one forward of ``build_model``: per layer the per-node projections of
+    phi_e's first map, phi_e's second map and phi_x on every edge, phi_h on every node."""
+    per_layer = 2 * n * h * 2 * h + 2 * e * h + 2 * e * h * h + 2 * e * h * h + 2 * e * h + 2 * n * 2 * h * h \
+        + 2 * n * h * h
+    return layers * per_layer + 2 * n * h
+
+
 def make_points(n: int, seed: int) -> Tensor:
     return torch.rand(n, 3, generator=torch.Generator().manual_seed(seed))
 
@@ -129,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, required=True, help="number of points N")
     parser.add_argument("--degree", type=float, default=32.0, help="target mean in-degree")
-    parser.add_argument("--chunk", type=int, default=1 << 18, help="edges per message chunk (chunk_size)")
+    parser.add_argument("--chunk", type=int, default=1 << 14, help="edges per message chunk (chunk_size)")
     parser.add_argument("--chunk-checkpoint", action="store_true", help="with --train: per-chunk checkpointing")
     parser.add_argument("--train", action="store_true", help="one training step with activation checkpointing")
     parser.add_argument("--no-checkpoint", action="store_true", help="with --train: disable checkpointing")
@@ -137,7 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", action="store_true", help="also compare against the unchunked model (small N)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default allocator settings (see egnn.runtime.tune_cpu_allocator)")
     args = parser.parse_args(argv)
+    if not args.default_malloc:
+        print(f"# egnn.runtime.tune_cpu_allocator(): {tune_cpu_allocator()}", file=sys.stderr)
     if args.nodes < 2:
         parser.error("--nodes must be >= 2")
     if args.threads:
@@ -188,9 +207,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# max |difference| to the unchunked model: {err:.3g}", file=sys.stderr)
     threads = torch.get_num_threads()
     print(f"# graph: {c_graph:.1f} s CPU; {what}: {c_run:.1f} s CPU (user+sys, {threads} threads)", file=sys.stderr)
+    flops = forward_flops(args.nodes, num_edges) * (3 if args.train else 1)
     print(
         f"{args.nodes} nodes, {num_edges} edges, graph {t_graph:.2f} s, {what} {t_run:.2f} s, "
-        f"peak RSS {peak_rss_gib():.2f} GiB",
+        f"peak RSS {peak_rss_gib():.2f} GiB, {flops / 1e12:.2f} TFLOP at {flops / t_run / 1e9:.1f} GFLOP/s",
         flush=True,
     )
 

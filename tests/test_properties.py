@@ -82,8 +82,8 @@ def calls(draw):
     torch.manual_seed(seed)
     if api == "EGNN":
         graph_out = draw(st.sampled_from([None, 2]))
-        model = EGNN(feat, 8, draw(st.integers(0, 3)), in_edge_nf=edge_dim, velocity=velocity,
-                     graph_out_nf=graph_out, **opts)
+        model = EGNN(feat, 8, draw(st.integers(0, 3)), edge_dim=edge_dim, velocity=velocity,
+                     graph_out_channels=graph_out, **opts)
         layers = list(model.layers)
     else:
         model = EGCL(feat, 8, edge_dim=edge_dim, **opts)
@@ -245,13 +245,13 @@ def test_neighbour_search_returns_valid_edges_or_raises_value_error(search):
 
 @pytest.mark.parametrize("batch", [[0, 0, -1, 1], [0.0, 0.0, 1.0, 1.0]], ids=["negative", "float"])
 def test_graph_readout_rejects_bad_batch_values(batch):
-    model = EGNN(2, 8, 1, graph_out_nf=1)
+    model = EGNN(2, 8, 1, graph_out_channels=1)
     with pytest.raises(ValueError, match="batch"):
         model(torch.randn(4, 2), torch.randn(4, 3), torch.tensor([[0, 1], [1, 0]]), batch=torch.tensor(batch))
 
 
 def test_graph_readout_rejects_batch_beyond_num_graphs():
-    model = EGNN(2, 8, 1, graph_out_nf=1)
+    model = EGNN(2, 8, 1, graph_out_channels=1)
     with pytest.raises(ValueError, match=r"batch values must be in \[0, num_graphs=2\)"):
         model(torch.randn(4, 2), torch.randn(4, 3), torch.tensor([[0, 1], [1, 0]]), batch=torch.tensor([0, 0, 1, 2]),
               num_graphs=2)

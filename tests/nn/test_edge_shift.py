@@ -75,7 +75,7 @@ def test_periodic_pair_equals_unwrapped_geometry(velocity):
     shift_u[4, 0] = box  # but 1 <-> 2 (direct neighbours in the wrapped cell) now need the opposite shifts
     shift_u[5, 0] = -box
     torch.manual_seed(0)
-    model = EGNN(4, 16, n_layers=2, velocity=velocity).double()
+    model = EGNN(4, 16, num_layers=2, velocity=velocity).double()
     for layer in model.layers:
         torch.nn.init.normal_(layer.coord_mlp[1].weight, std=0.5)
     h = torch.randn(3, 4, dtype=dtype)
@@ -95,7 +95,7 @@ def test_periodic_pair_equals_unwrapped_geometry(velocity):
 
 def test_edge_shift_model_equivariance(dtype):
     torch.manual_seed(0)
-    model = EGNN(6, 16, n_layers=2, graph_out_nf=2).to(dtype)
+    model = EGNN(6, 16, num_layers=2, graph_out_channels=2).to(dtype)
     for layer in model.layers:
         torch.nn.init.normal_(layer.coord_mlp[1].weight, std=0.5)
     inputs = _inputs(3, dtype)
@@ -106,8 +106,8 @@ def test_edge_shift_model_equivariance(dtype):
 
 def test_edge_shift_checkpoint_chunks_same_result():
     torch.manual_seed(0)
-    plain = EGNN(6, 16, n_layers=2).double()
-    chunked = EGNN(6, 16, n_layers=2, chunk_size=5, checkpoint_chunks=True).double()
+    plain = EGNN(6, 16, num_layers=2).double()
+    chunked = EGNN(6, 16, num_layers=2, chunk_size=5, checkpoint_chunks=True).double()
     chunked.load_state_dict(plain.state_dict())
     inputs = _inputs(3, torch.float64)
     inputs["pos"].requires_grad_(True)

@@ -9,12 +9,12 @@ from egnn.ops.batch import Graph
 from egnn.testing import assert_equivariant
 
 MODEL_OPTIONS = {
-    "paper_nbody": {"velocity": True, "in_edge_nf": 2},
+    "paper_nbody": {"velocity": True, "edge_dim": 2},
     "plain": {},
     "attention_sum_tanh": {"attention": True, "coord_agg": "sum", "tanh": True, "normalize": True},
-    "qm9_like": {"update_coords": False, "attention": True, "node_attr": True, "out_node_nf": 8,
-                 "graph_out_nf": 1},
-    "graph_mean_readout": {"graph_out_nf": 3, "readout": "mean", "in_edge_nf": 2},
+    "qm9_like": {"update_coords": False, "attention": True, "node_attr": True, "out_channels": 8,
+                 "graph_out_channels": 1},
+    "graph_mean_readout": {"graph_out_channels": 3, "readout": "mean", "edge_dim": 2},
     "checkpointed_chunked": {"checkpoint": True, "chunk_size": 4, "velocity": True},
 }
 
@@ -25,14 +25,14 @@ def model_inputs(model, dim, dtype, sizes=(5, 3, 6), seed=0):
     n = sum(sizes)
     ei = fully_connected_edges(list(sizes))
     inp = {
-        "h": torch.randn(n, c.in_node_nf, generator=g, dtype=torch.float64).to(dtype),
+        "h": torch.randn(n, c.in_channels, generator=g, dtype=torch.float64).to(dtype),
         "pos": torch.randn(n, dim, generator=g, dtype=torch.float64).to(dtype),
         "edge_index": ei,
         "batch": sizes_to_batch(list(sizes)),
         "num_graphs": len(sizes),
     }
-    if c.in_edge_nf:
-        inp["edge_attr"] = torch.randn(ei.shape[1], c.in_edge_nf, generator=g, dtype=torch.float64).to(dtype)
+    if c.edge_dim:
+        inp["edge_attr"] = torch.randn(ei.shape[1], c.edge_dim, generator=g, dtype=torch.float64).to(dtype)
     if c.velocity:
         inp["vel"] = torch.randn(n, dim, generator=g, dtype=torch.float64).to(dtype)
     return inp
@@ -81,7 +81,7 @@ def test_batched_equals_per_graph(name):
 
 
 def test_velocity_model_returns_velocity_and_uses_it():
-    model = make_model(torch.float64, velocity=True, in_edge_nf=2)
+    model = make_model(torch.float64, velocity=True, edge_dim=2)
     inp = model_inputs(model, 3, torch.float64)
     out = model(**inp)
     assert out.vel is not None and out.vel.shape == inp["pos"].shape
@@ -106,14 +106,14 @@ def test_checkpointing_gives_same_gradients():
 
 
 def test_config_round_trip_and_state_dict():
-    model = make_model(torch.float32, attention=True, graph_out_nf=2)
+    model = make_model(torch.float32, attention=True, graph_out_channels=2)
     cfg = EGNNConfig.from_dict(model.config.to_dict())
     clone = EGNN.from_config(cfg)
     clone.load_state_dict(model.state_dict())
     inp = model_inputs(model, 3, torch.float32)
     assert torch.equal(clone(**inp).graph, model(**inp).graph)
     with pytest.raises(ValueError, match="unknown EGNNConfig field"):
-        EGNNConfig.from_dict({"in_node_nf": 3, "bogus": 1})
+        EGNNConfig.from_dict({"in_channels": 3, "bogus": 1})
 
 
 def test_graph_container_feeds_model():
@@ -123,7 +123,7 @@ def test_graph_container_feeds_model():
         pos = torch.randn(n, 3, generator=g)
         graphs.append(Graph(h=torch.randn(n, 4, generator=g), pos=pos, edge_index=radius_graph(pos, 2.0)))
     b = collate(graphs)
-    model = EGNN(4, 8, 2, graph_out_nf=1)
+    model = EGNN(4, 8, 2, graph_out_channels=1)
     out = model(b.h, b.pos, b.edge_index, batch=b.batch, num_graphs=b.num_graphs)
     assert out.graph.shape == (2, 1)
 
@@ -135,7 +135,7 @@ def test_graph_container_feeds_model():
 )
 def test_torch_compile_fullgraph_two_sizes(backend: str, n_layers: int):
     torch._dynamo.reset()
-    model = EGNN(1, 8, n_layers, in_edge_nf=2, velocity=True)
+    model = EGNN(1, 8, n_layers, edge_dim=2, velocity=True)
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
     for sizes in ([5] * 4, [3, 7, 2]):
         n = sum(sizes)
@@ -177,7 +177,7 @@ def bad_inputs():
 
 @pytest.mark.parametrize("case", sorted(bad_inputs()[1]))
 def test_bad_inputs_raise_clear_errors(case):
-    model = EGNN(4, 8, 2, in_edge_nf=2, velocity=True)
+    model = EGNN(4, 8, 2, edge_dim=2, velocity=True)
     good, cases = bad_inputs()
     change, message = cases[case]
     with pytest.raises(ValueError, match=message):

@@ -77,3 +77,29 @@ def test_neighbour_search_rejects_bad_input():
         radius_graph(torch.tensor([[0.0, float("nan"), 0.0]]), 1.0)
     with pytest.raises(ValueError, match="pos must have shape"):
         radius_graph(torch.rand(5), 1.0)
+
+
+
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("cap", [1, 4, 32])
+def test_kdtree_rowwise_order_equals_blockwise(loop, cap):
+    """The k-d tree path orders each target's candidates by (distance, source) in its row and cuts at ``cap``:
+    exactly the blockwise search's edges, on random points in three graphs and, where no tie straddles the
+    cut, on grid points with many exactly equal distances (tie order by source)."""
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.rand(300, 3, generator=gen) * 3
+    batch = torch.cat([torch.zeros(100), torch.ones(150), torch.full((50,), 2)]).long()
+    for r in (0.3, 0.8, 2.0):
+        a = radius_graph(pos, r, batch, cap, loop=loop, method="kdtree")
+        assert a.shape[1] > 0
+        assert torch.equal(a, radius_graph(pos, r, batch, cap, loop=loop, method="blockwise"))
+    assert torch.equal(knn_graph(pos, cap, batch, loop=loop, method="kdtree"),
+                       knn_graph(pos, cap, batch, loop=loop, method="blockwise"))
+    g = torch.arange(5.0)
+    grid = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    gb = torch.cat([torch.zeros(125), torch.ones(125)]).long()
+    grid = torch.cat([grid, grid + 0.25])  # second graph: the same grid, shifted
+    for r in (1.01, 1.5):  # at most 6 / 18 neighbours: no cut when cap = 32
+        if cap == 32:
+            a = radius_graph(grid, r, gb, cap, loop=loop, method="kdtree")
+            assert torch.equal(a, radius_graph(grid, r, gb, cap, loop=loop, method="blockwise"))

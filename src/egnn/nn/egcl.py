@@ -18,6 +18,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+_INPLACE = {nn.SiLU: lambda x: torch.nn.functional.silu(x, inplace=True), nn.ReLU: torch.relu_}
+
+
 def make_activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
@@ -55,17 +58,27 @@ class EGCL(nn.Module):
         residual: add ``h_i`` to the output of :math:`\phi_h` (needs ``out_channels == in_channels``).
         attention: infer soft edges :math:`e_{ij} = \mathrm{sigmoid}(\mathrm{Linear}(m_{ij}))` weighting the
             messages (the paper's edge inference).
-        normalize: use :math:`(x_i - x_j) / \sqrt{\|x_i - x_j\|^2 + \epsilon}` in the coordinate update.
+        normalize: ``True``: use :math:`(x_i - x_j) / \sqrt{\|x_i - x_j\|^2 + \epsilon}` in the coordinate
+            update, with the gradient through the norm. ``"reference"``: the reference code's
+            :math:`(x_i - x_j) / (\mathrm{stop\_grad}(\|x_i - x_j\|) + \epsilon)` (``egnn_clean.py``, norm
+            detached), so that weights ported from it give the same values and gradients. The two agree to
+            ~1e-7 at unit distances but differ near coincident nodes and in their gradients.
         tanh: bound :math:`\phi_x` to ``coords_range * tanh(.)``.
-        coords_range: bound of :math:`\phi_x` with ``tanh``.
+        coords_range: bound of :math:`\phi_x` with ``tanh`` (> 0). The reference code's ``tanh`` bound is 1
+            (``coords_range=1.0`` reproduces it); ours defaults to 15.
         coord_agg: ``"mean"`` (:math:`C = 1/\deg(i)`, the reference code's choice) or ``"sum"`` (:math:`C=1`).
         update_coords: ``False`` builds an invariant-only layer: no :math:`\phi_x`, positions returned as is.
-        norm_eps: :math:`\epsilon` of ``normalize``; keeps values and gradients finite when nodes coincide.
+        norm_eps: :math:`\epsilon` of ``normalize`` (> 0); keeps values and gradients finite when nodes coincide.
         fast: per-node projection form of the first linear map of :math:`\phi_e` (see above).
         chunk_size: compute and scatter messages in chunks of this many edges (bounded memory for huge
             graphs; same result). ``None`` processes all edges at once.
         checkpoint_chunks: when gradients are on, recompute each chunk's messages in the backward pass instead
             of storing them, so a training step needs ``O(N H + chunk H)`` memory like inference.
+
+    Differences from the reference code (vgsatorras/egnn; measured with identical weights): the
+    ``normalize`` formula and its gradient (see ``normalize``; ``"reference"`` reproduces it); the reference
+    clamps every coordinate message :math:`(x_i - x_j)\phi_x(m_{ij})` to :math:`[-100, 100]`, we do not (it never
+    triggers in its experiments); its ``tanh`` bound is 1, ours ``coords_range`` (default 15).
 
     Shapes:
         - **input:** ``h`` ``[N, in_channels]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
@@ -86,7 +99,7 @@ class EGCL(nn.Module):
         act: str = "silu",
         residual: bool = True,
         attention: bool = False,
-        normalize: bool = False,
+        normalize: bool | str = False,
         tanh: bool = False,
         coords_range: float = 15.0,
         coord_agg: str = "mean",
@@ -104,6 +117,12 @@ class EGCL(nn.Module):
             raise ValueError(f"residual needs out_channels == in_channels, got {out_channels} != {in_channels}")
         if coord_agg not in ("mean", "sum"):
             raise ValueError(f"coord_agg must be 'mean' or 'sum', got {coord_agg!r}")
+        if normalize not in (False, True, "reference"):
+            raise ValueError(f"normalize must be False, True or 'reference', got {normalize!r}")
+        if not norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0 (0 gives NaN for coincident nodes), got {norm_eps}")
+        if not coords_range > 0:
+            raise ValueError(f"coords_range must be > 0, got {coords_range}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
@@ -134,6 +153,10 @@ class EGCL(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        r"""Re-initialise every parameter as at construction (authoritative: :class:`EGNN` calls it per layer).
+
+        PyTorch's default for every linear map, except :math:`\phi_x`'s last one: Xavier-uniform with gain
+        0.001, as the reference code, so that training starts with near-zero coordinate updates."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
@@ -190,14 +213,17 @@ class EGCL(nn.Module):
         if self.update_coords and self.coord_agg == "mean" and count is None:
             count = scatter_count(dst, n, pos.dtype)
         proj = self._node_projection(h) if self.fast else None
-        chunk = self.chunk_size or max(num_edges, 1)
         agg_h = h.new_zeros(n, self.hidden_channels)
         agg_x = pos.new_zeros(pos.shape) if self.update_coords else None
-        for start in range(0, num_edges, chunk):
-            sl = slice(start, min(start + chunk, num_edges))
-            s, d = src[sl], dst[sl]
-            a = edge_attr[sl] if edge_attr is not None else None
-            sh = edge_shift[sl] if edge_shift is not None else None
+        # chunk_size=None: one call on all edges, no Python loop over the (symbolic) edge count, so a dynamic
+        # torch.compile graph serves every edge count
+        bounds = [None] if self.chunk_size is None else [
+            slice(start, min(start + self.chunk_size, num_edges)) for start in range(0, num_edges, self.chunk_size)
+        ]
+        for sl in bounds:
+            s, d = (src, dst) if sl is None else (src[sl], dst[sl])
+            a = edge_attr if edge_attr is None or sl is None else edge_attr[sl]
+            sh = edge_shift if edge_shift is None or sl is None else edge_shift[sl]
             if self.checkpoint_chunks and torch.is_grad_enabled():
                 m, trans = activation_checkpoint(self._messages, h, pos, s, d, a, proj, sh, use_reentrant=False)
             else:
@@ -214,39 +240,105 @@ class EGCL(nn.Module):
             out = h + out
         return out, delta, count
 
-    def _node_projection(self, h: Tensor) -> Tensor:
-        # W1 h_i and W2 h_j for every node in one matrix product: [N, 2H]
-        w = self.edge_mlp[0].weight
-        f = self.in_channels
-        return h @ torch.cat([w[:, :f], w[:, f : 2 * f]], dim=0).t()
+    def _node_projection(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        # W1 h_i + b and W2 h_j for every node, each [N, H] and contiguous (fast row gathers per chunk)
+        lin, f = self.edge_mlp[0], self.in_channels
+        return torch.addmm(lin.bias, h, lin.weight[:, :f].t()), h @ lin.weight[:, f : 2 * f].t()
 
     def _messages(
-        self, h: Tensor, pos: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor | None, proj: Tensor | None,
-        edge_shift: Tensor | None = None,
+        self, h: Tensor, pos: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor | None,
+        proj: tuple[Tensor, Tensor] | None, edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         diff = pos.index_select(0, dst) - pos.index_select(0, src)  # x_i - x_j
         if edge_shift is not None:
             diff = diff - edge_shift  # x_i - (x_j + s_ij): the source's periodic image
         radial = (diff * diff).sum(-1, keepdim=True)
-        geo = radial if edge_attr is None else torch.cat([radial, edge_attr], dim=-1)
         lin = self.edge_mlp[0]
         if proj is not None:
-            hh = self.hidden_channels
-            e = torch.addmm(lin.bias, geo, lin.weight[:, 2 * self.in_channels :].t())
-            e = e + proj[:, :hh].index_select(0, dst) + proj[:, hh:].index_select(0, src)
+            # W1 h_i + b + W2 h_j first, so the geometric terms are added by one addmm / addcmul
+            pre = proj[0].index_select(0, dst)
+            pre = pre.add_(proj[1].index_select(0, src)) if self._in_place() else pre + proj[1].index_select(0, src)
+            e = self._edge_pre(pre, radial, edge_attr)
         else:
+            geo = radial if edge_attr is None else torch.cat([radial, edge_attr], dim=-1)
             e = lin(torch.cat([h.index_select(0, dst), h.index_select(0, src), geo], dim=-1))
-        m = self.act(self.edge_mlp[1](self.act(e)))
+        return self._edge_model(e, diff, radial)
+
+    def _edge_pre(self, pre: Tensor, radial: Tensor, edge_attr: Tensor | None) -> Tensor:
+        """First linear map of phi_e given ``pre = W1 h_i + b + W2 h_j`` ``[E, H]``: adds ``w3 r_ij + W4 a_ij``."""
+        w = self.edge_mlp[0].weight
+        f = 2 * self.in_channels
+        if edge_attr is None:
+            return pre.addcmul_(radial, w[:, f]) if self._in_place() else torch.addcmul(pre, radial, w[:, f])
+        return torch.addmm(pre, torch.cat([radial, edge_attr], dim=-1), w[:, f:].t())
+
+    @staticmethod
+    def _in_place() -> bool:
+        # without autograd, edge-sized intermediates are overwritten instead of allocated (less memory traffic)
+        return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+    def _act_edges(self, x: Tensor) -> Tensor:
+        inplace = _INPLACE.get(type(self.act))
+        return inplace(x) if inplace is not None and self._in_place() else self.act(x)
+
+    def _edge_model(self, e: Tensor, diff: Tensor, radial: Tensor) -> tuple[Tensor, Tensor | None]:
+        """From the first linear map's output ``e`` ``[E, H]``: messages ``m_ij`` and coordinate terms."""
+        m = self._act_edges(self.edge_mlp[1](self._act_edges(e)))
         if self.att_mlp is not None:
             m = m * torch.sigmoid(self.att_mlp[0](m))
         if self.coord_mlp is None:
             return m, None
-        phi_x = self.coord_mlp[1](self.act(self.coord_mlp[0](m)))
+        # the last map has one output: a matrix-vector product (its backward is an outer product, cheaper
+        # than the K=1 matrix product nn.Linear would do)
+        phi_x = torch.mv(self._act_edges(self.coord_mlp[0](m)), self.coord_mlp[1].weight[0]).unsqueeze(-1)
         if self.tanh:
             phi_x = torch.tanh(phi_x) * self.coords_range
-        if self.normalize:
+        if self.normalize == "reference":
+            diff = diff / (torch.sqrt(radial).detach() + self.norm_eps)
+        elif self.normalize:
             diff = diff / torch.sqrt(radial + self.norm_eps)
         return m, diff * phi_x
+
+    # --- dense path: B equal-size fully connected graphs ---------------------------------------------
+    def propagate_dense(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        n: int,
+        edge_attr: Tensor | None = None,
+        node_attr: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Unchecked forward for ``B = N / n`` fully connected graphs of ``n >= 2`` nodes each, whose
+        ``edge_index`` is exactly :func:`egnn.ops.fully_connected_edges` ``([n] * B)`` (graph, then target ``i``,
+        then source ``j != i``; the caller checks this).
+
+        Same result as :meth:`propagate` (up to float summation order), computed on ``[B, n, n - 1, *]``
+        views: the target terms are broadcast and the sums over ``j`` are reductions over one dimension, so
+        no gather of targets and no scatter. Returns ``(h_new, coordinate update)``.
+        """
+        num = h.shape[0]
+        b, k, d = num // n, n - 1, pos.shape[1]
+        hh = self.hidden_channels
+        src = edge_index[0]
+        lin, f = self.edge_mlp[0], self.in_channels
+        pd = torch.addmm(lin.bias, h, lin.weight[:, :f].t()).view(b, n, 1, hh)  # W1 h_i + b, broadcast over j
+        ps = (h @ lin.weight[:, f : 2 * f].t()).index_select(0, src).view(b, n, k, hh)  # W2 h_j
+        diff = (pos.view(b, n, 1, d) - pos.index_select(0, src).view(b, n, k, d)).view(-1, d)
+        radial = (diff * diff).sum(-1, keepdim=True)
+        e = self._edge_pre((pd + ps).view(-1, hh), radial, edge_attr)
+        m, trans = self._edge_model(e, diff, radial)
+        agg_h = m.view(b, n, k, hh).sum(2).view(num, hh)
+        delta = None
+        if trans is not None:
+            delta = trans.view(b, n, k, d).sum(2).view(num, d)
+            if self.coord_agg == "mean":
+                delta = delta / k
+        parts = [h, agg_h] if node_attr is None else [h, agg_h, node_attr]
+        out = self.node_mlp[1](self.act(self.node_mlp[0](torch.cat(parts, dim=-1))))
+        if self.residual:
+            out = h + out
+        return out, delta
 
 
 class EGCLVel(EGCL):
@@ -275,10 +367,7 @@ class EGCLVel(EGCL):
             m.reset_parameters()
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
-        if hasattr(self, "vel_mlp"):
-            for m in self.vel_mlp:
-                m.reset_parameters()
+        super().reset_parameters()  # every nn.Linear, vel_mlp included once it exists
 
     def forward(  # type: ignore[override]
         self,
@@ -310,6 +399,17 @@ class EGCLVel(EGCL):
         """Unchecked forward; returns ``(h, pos, vel, count)``."""
         scale = self.vel_mlp[1](self.act(self.vel_mlp[0](h)))  # phi_v(h_i), on the input features
         h_out, delta, count = self.propagate(h, pos, edge_index, edge_attr, node_attr, count, edge_shift)
-        v = scale * vel + delta
+        v = torch.addcmul(delta, scale, vel)
         return h_out, pos + v, v, count
+
+    def propagate_vel_dense(
+        self, h: Tensor, pos: Tensor, edge_index: Tensor, n: int, vel: Tensor, edge_attr: Tensor | None = None,
+        node_attr: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`propagate_vel` on ``N / n`` fully connected graphs of ``n`` nodes (see
+        :meth:`EGCL.propagate_dense`); returns ``(h, pos, vel)``."""
+        scale = self.vel_mlp[1](self.act(self.vel_mlp[0](h)))
+        h_out, delta = self.propagate_dense(h, pos, edge_index, n, edge_attr, node_attr)
+        v = torch.addcmul(delta, scale, vel)
+        return h_out, pos + v, v
 

@@ -11,25 +11,36 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from egnn.nn.egcl import EGCL, EGCLVel, make_activation
 from egnn.nn.validation import check_batch, check_graph_inputs
+from egnn.ops.neighbors import fully_connected_edges
 from egnn.ops.scatter import scatter_count, scatter_mean, scatter_sum
+
+# names of the EGNN hyper-parameters before they took EGCL's (PyG-style) names; read by EGNNConfig.from_dict
+OLD_CONFIG_NAMES = {
+    "in_node_nf": "in_channels",
+    "hidden_nf": "hidden_channels",
+    "n_layers": "num_layers",
+    "in_edge_nf": "edge_dim",
+    "out_node_nf": "out_channels",
+    "graph_out_nf": "graph_out_channels",
+}
 
 
 @dataclass
 class EGNNConfig:
     """Hyper-parameters of :class:`EGNN` (stored as JSON in checkpoints). See :class:`EGNN` for meanings."""
 
-    in_node_nf: int
-    hidden_nf: int = 64
-    n_layers: int = 4
-    in_edge_nf: int = 0
-    out_node_nf: int | None = None
-    graph_out_nf: int | None = None
+    in_channels: int
+    hidden_channels: int = 64
+    num_layers: int = 4
+    edge_dim: int = 0
+    out_channels: int | None = None
+    graph_out_channels: int | None = None
     readout: str = "sum"
     node_attr: bool = False
     act: str = "silu"
     residual: bool = True
     attention: bool = False
-    normalize: bool = False
+    normalize: bool | str = False
     tanh: bool = False
     coords_range: float = 15.0
     coord_agg: str = "mean"
@@ -38,6 +49,7 @@ class EGNNConfig:
     norm_eps: float = 1e-8
     fast: bool = True
     chunk_size: int | None = None
+    dense: bool = True
     checkpoint: bool = False
     checkpoint_chunks: bool = False
 
@@ -46,6 +58,15 @@ class EGNNConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EGNNConfig:
+        """Read a config dict; the names used before the rename to :class:`EGCL`'s (``in_node_nf``,
+        ``hidden_nf``, ``n_layers``, ``in_edge_nf``, ``out_node_nf``, ``graph_out_nf``) are still accepted, so
+        old checkpoints load."""
+        d = dict(d)
+        for old, new in OLD_CONFIG_NAMES.items():
+            if old in d:
+                if new in d:
+                    raise ValueError(f"EGNNConfig has both {old!r} and its new name {new!r}")
+                d[new] = d.pop(old)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -55,7 +76,7 @@ class EGNNConfig:
 
 class EGNNOutput(NamedTuple):
     """``h`` node features (after the node head, if any) ``[N, *]``; ``pos`` ``[N, n]``; ``vel`` ``[N, n]``
-    (velocity variant, else ``None``); ``graph`` graph-level output ``[B, graph_out_nf]`` (else ``None``)."""
+    (velocity variant, else ``None``); ``graph`` graph-level output ``[B, graph_out_channels]`` (else ``None``)."""
 
     h: Tensor
     pos: Tensor
@@ -73,81 +94,132 @@ class EGNN(nn.Module):
         \qquad\text{or}\qquad
         h^{l+1}, x^{l+1}, v^{l+1} = \mathrm{EGCL_{vel}}(h^l, x^l, v^{init}, \mathcal{E}, a)
 
-    an optional node head ``MLP(h^L)`` (``out_node_nf``) and an optional invariant graph readout
-    ``MLP(pool_i h_i)`` with sum or mean pooling over each graph (``graph_out_nf``). Outputs: features are
+    an optional node head ``MLP(h^L)`` (``out_channels``) and an optional invariant graph readout
+    ``MLP(pool_i h_i)`` with sum or mean pooling over each graph (``graph_out_channels``). Outputs: features are
     E(n)-invariant, positions and velocities E(n)-equivariant, all permutation-equivariant.
 
     Args:
-        in_node_nf: size of the input node features ``h``.
-        hidden_nf: width of every layer.
-        n_layers: number of EGCL layers ``L``.
-        in_edge_nf: size of the edge attributes ``a_ij`` (0 for none).
-        out_node_nf: if set, node head ``Linear -> act -> Linear(out_node_nf)``; else ``h^L`` is returned.
-        graph_out_nf: if set, graph head ``Linear -> act -> Linear(graph_out_nf)`` on the pooled node outputs.
+        in_channels: size of the input node features ``h``. (The hyper-parameters take :class:`EGCL`'s
+            names; :meth:`EGNNConfig.from_dict` still reads the reference-style names of older checkpoints:
+            ``in_node_nf``, ``hidden_nf``, ``n_layers``, ``in_edge_nf``, ``out_node_nf``, ``graph_out_nf``.)
+        hidden_channels: width of every layer.
+        num_layers: number of EGCL layers ``L``.
+        edge_dim: size of the edge attributes ``a_ij`` (0 for none).
+        out_channels: if set, node head ``Linear -> act -> Linear(out_channels)``; else ``h^L`` is returned.
+        graph_out_channels: if set, graph head ``Linear -> act -> Linear(graph_out_channels)`` on the pooled
+            node outputs.
         readout: ``"sum"`` or ``"mean"`` pooling for the graph head.
         node_attr: feed the input features ``h`` to every layer's :math:`\phi_h` (the paper's QM9 model).
         act, residual, attention, normalize, tanh, coords_range, coord_agg, norm_eps, fast, chunk_size:
-            as in :class:`EGCL`.
+            as in :class:`EGCL` (which also lists the differences from the reference code; ``normalize=
+            "reference"`` reproduces its normalisation).
         velocity: use :class:`EGCLVel` layers (eq. 7); ``vel`` becomes a required input.
         update_coords: ``False`` gives an invariant model (positions used only through distances).
+        dense: take the dense path when the edges are exactly those of
+            :func:`egnn.ops.fully_connected_edges` for ``B`` graphs of equal size ``n >= 2`` (e.g. the N-body
+            batches): messages on ``[B, n, n - 1, H]`` views, no gather of targets and no scatter; same result
+            as the sparse path up to float summation order. Not taken with ``edge_shift``, ``chunk_size``,
+            ``fast=False`` or under ``torch.compile`` (the layout check reads the edge indices).
         checkpoint: recompute each layer in the backward pass (activation checkpointing) to save memory.
         checkpoint_chunks: recompute each edge chunk's messages in the backward pass (with ``chunk_size``):
             training memory ``O(N H + chunk H)`` per layer, for one extra message evaluation.
 
     Shapes:
-        - **input:** ``h`` ``[N, in_node_nf]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
-          ``edge_attr`` ``[E, in_edge_nf]``, ``vel`` ``[N, n]``, ``batch`` ``[N]`` (sorted),
+        - **input:** ``h`` ``[N, in_channels]``, ``pos`` ``[N, n]``, ``edge_index`` ``[2, E]``,
+          ``edge_attr`` ``[E, edge_dim]``, ``vel`` ``[N, n]``, ``batch`` ``[N]`` (sorted),
           ``edge_shift`` ``[E, n]`` (optional): Cartesian offset of each edge's source periodic image, the
           coordinate difference being :math:`x_i - (x_j + s_{ij})` in every layer (see :class:`EGCL`)
         - **output:** :class:`EGNNOutput`
     """
 
-    def __init__(self, in_node_nf: int, hidden_nf: int = 64, n_layers: int = 4, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int = 64,
+        num_layers: int = 4,
+        edge_dim: int = 0,
+        out_channels: int | None = None,
+        graph_out_channels: int | None = None,
+        readout: str = "sum",
+        node_attr: bool = False,
+        act: str = "silu",
+        residual: bool = True,
+        attention: bool = False,
+        normalize: bool | str = False,
+        tanh: bool = False,
+        coords_range: float = 15.0,
+        coord_agg: str = "mean",
+        velocity: bool = False,
+        update_coords: bool = True,
+        norm_eps: float = 1e-8,
+        fast: bool = True,
+        chunk_size: int | None = None,
+        dense: bool = True,
+        checkpoint: bool = False,
+        checkpoint_chunks: bool = False,
+    ) -> None:
         super().__init__()
-        self.config = EGNNConfig(in_node_nf=in_node_nf, hidden_nf=hidden_nf, n_layers=n_layers, **kwargs)
+        self.config = EGNNConfig(
+            in_channels=in_channels, hidden_channels=hidden_channels, num_layers=num_layers, edge_dim=edge_dim,
+            out_channels=out_channels, graph_out_channels=graph_out_channels, readout=readout, node_attr=node_attr,
+            act=act, residual=residual, attention=attention, normalize=normalize, tanh=tanh,
+            coords_range=coords_range, coord_agg=coord_agg, velocity=velocity, update_coords=update_coords,
+            norm_eps=norm_eps, fast=fast, chunk_size=chunk_size, dense=dense, checkpoint=checkpoint,
+            checkpoint_chunks=checkpoint_chunks,
+        )
         c = self.config
+        if min(in_channels, hidden_channels) < 1 or edge_dim < 0:
+            raise ValueError("in_channels and hidden_channels must be >= 1 and edge_dim >= 0")
+        if any(x is not None and x < 1 for x in (out_channels, graph_out_channels)):
+            raise ValueError("out_channels and graph_out_channels must be >= 1 or None")
         if c.readout not in ("sum", "mean"):
             raise ValueError(f"readout must be 'sum' or 'mean', got {c.readout!r}")
         if c.velocity and not c.update_coords:
             raise ValueError("velocity=True needs update_coords=True")
-        if n_layers < 0:
-            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
-        self.embedding = nn.Linear(in_node_nf, hidden_nf)
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        self.embedding = nn.Linear(in_channels, hidden_channels)
         layer_cls = EGCLVel if c.velocity else EGCL
         self.layers = nn.ModuleList(
             layer_cls(
-                hidden_nf, hidden_nf, hidden_nf, edge_dim=c.in_edge_nf,
-                node_attr_dim=in_node_nf if c.node_attr else 0, act=c.act, residual=c.residual,
+                hidden_channels, hidden_channels, hidden_channels, edge_dim=c.edge_dim,
+                node_attr_dim=in_channels if c.node_attr else 0, act=c.act, residual=c.residual,
                 attention=c.attention, normalize=c.normalize, tanh=c.tanh, coords_range=c.coords_range,
                 coord_agg=c.coord_agg, update_coords=c.update_coords, norm_eps=c.norm_eps, fast=c.fast,
                 chunk_size=c.chunk_size, checkpoint_chunks=c.checkpoint_chunks,
             )
-            for _ in range(n_layers)
+            for _ in range(num_layers)
         )
         self.act = make_activation(c.act)
         self.node_head = (
-            nn.ModuleList([nn.Linear(hidden_nf, hidden_nf), nn.Linear(hidden_nf, c.out_node_nf)])
-            if c.out_node_nf
+            nn.ModuleList([nn.Linear(hidden_channels, hidden_channels), nn.Linear(hidden_channels, c.out_channels)])
+            if c.out_channels
             else None
         )
-        pooled = c.out_node_nf or hidden_nf
+        pooled = c.out_channels or hidden_channels
         self.graph_head = (
-            nn.ModuleList([nn.Linear(pooled, hidden_nf), nn.Linear(hidden_nf, c.graph_out_nf)])
-            if c.graph_out_nf
+            nn.ModuleList([nn.Linear(pooled, hidden_channels), nn.Linear(hidden_channels, c.graph_out_channels)])
+            if c.graph_out_channels
             else None
         )
+        self._dense_edges: tuple[tuple, Tensor] | None = None  # the last canonical layout checked (not state)
 
     @classmethod
     def from_config(cls, config: EGNNConfig | dict[str, Any]) -> EGNN:
         if isinstance(config, dict):
             config = EGNNConfig.from_dict(config)
-        d = config.to_dict()
-        return cls(d.pop("in_node_nf"), d.pop("hidden_nf"), d.pop("n_layers"), **d)
+        return cls(**config.to_dict())
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        r"""Re-initialise every parameter as at construction: each layer's own :meth:`EGCL.reset_parameters`
+        (which keeps :math:`\phi_x`'s small-gain start), the embedding and the heads."""
+        self.embedding.reset_parameters()
+        for layer in self.layers:
+            layer.reset_parameters()
+        for head in (self.node_head, self.graph_head):
+            if head is not None:
+                for lin in head:
+                    lin.reset_parameters()
 
     def forward(
         self,
@@ -162,22 +234,26 @@ class EGNN(nn.Module):
     ) -> EGNNOutput:
         c = self.config
         check_graph_inputs(
-            h=h, pos=pos, edge_index=edge_index, in_features=c.in_node_nf, dtype=self.embedding.weight.dtype,
-            edge_attr=edge_attr, edge_dim=c.in_edge_nf, vel=vel, require_vel=c.velocity, edge_shift=edge_shift,
+            h=h, pos=pos, edge_index=edge_index, in_features=c.in_channels, dtype=self.embedding.weight.dtype,
+            edge_attr=edge_attr, edge_dim=c.edge_dim, vel=vel, require_vel=c.velocity, edge_shift=edge_shift,
         )
         if vel is not None and not c.velocity:
             raise ValueError("vel given but the model was built with velocity=False")
         if batch is not None:
             check_batch(batch, h.shape[0], num_graphs)
+        elif num_graphs is not None and num_graphs != 1:
+            raise ValueError(f"num_graphs={num_graphs} needs batch (the graph of each node); without batch the "
+                             "input is one graph")
         edge_index = edge_index.long()
         node_attr = h if c.node_attr else None
         x = self.embedding(h)
+        n_dense = self._dense_size(edge_index, h.shape[0]) if edge_shift is None else None
         count = None
-        if c.update_coords and c.coord_agg == "mean":
+        if c.update_coords and c.coord_agg == "mean" and n_dense is None:
             count = scatter_count(edge_index[1], h.shape[0], pos.dtype)  # shared by all layers
         v_out = None
         for layer in self.layers:
-            args = (x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift)
+            args = (x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift, n_dense)
             if c.checkpoint and torch.is_grad_enabled():
                 x, pos, v_out = activation_checkpoint(self._layer_step, layer, *args, use_reentrant=False)
             else:
@@ -191,12 +267,33 @@ class EGNN(nn.Module):
         return EGNNOutput(x, pos, v_out, graph)
 
     @staticmethod
-    def _layer_step(layer, x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift=None):
+    def _layer_step(layer, x, pos, edge_index, edge_attr, node_attr, count, vel, edge_shift=None, n_dense=None):
+        if n_dense is not None:
+            if isinstance(layer, EGCLVel):
+                return layer.propagate_vel_dense(x, pos, edge_index, n_dense, vel, edge_attr, node_attr)
+            x, delta = layer.propagate_dense(x, pos, edge_index, n_dense, edge_attr, node_attr)
+            return x, (pos + delta if delta is not None else pos), None
         if isinstance(layer, EGCLVel):
             x, pos, v, _ = layer.propagate_vel(x, pos, edge_index, vel, edge_attr, node_attr, count, edge_shift)
             return x, pos, v
         x, delta, _ = layer.propagate(x, pos, edge_index, edge_attr, node_attr, count, edge_shift)
         return x, (pos + delta if delta is not None else pos), None
+
+    def _dense_size(self, edge_index: Tensor, num_nodes: int) -> int | None:
+        """``n`` if ``edge_index`` is ``fully_connected_edges([n] * B)`` with ``n >= 2`` and the dense path applies."""
+        c = self.config
+        if not c.dense or not c.fast or c.chunk_size is not None or torch.compiler.is_compiling():
+            return None
+        num_edges = edge_index.shape[1]
+        if num_edges == 0 or num_edges % num_nodes:
+            return None
+        n = num_edges // num_nodes + 1
+        if num_nodes % n:
+            return None
+        key = (num_nodes, n, edge_index.device)
+        if self._dense_edges is None or self._dense_edges[0] != key:
+            self._dense_edges = (key, fully_connected_edges([n] * (num_nodes // n), device=edge_index.device))
+        return n if torch.equal(edge_index, self._dense_edges[1]) else None
 
     def pool(self, x: Tensor, batch: Tensor | None, num_graphs: int | None = None) -> Tensor:
         """Invariant per-graph pooling (sum or mean, ``readout``) of node values."""

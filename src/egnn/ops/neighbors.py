@@ -141,7 +141,6 @@ def _kdtree(pos: Tensor, batch: Tensor, r: float | None, k: int | None, loop: bo
         gap = 2.0 * (span + (r or 0.0)) + 1.0
         x = np.concatenate([x, (b * gap)[:, None]], axis=1)
     tree = cKDTree(x)
-    extra = 0 if loop else 1
     if k is None:
         # unlimited radius search
         pairs = tree.query_pairs(r, output_type="ndarray")
@@ -151,15 +150,7 @@ def _kdtree(pos: Tensor, batch: Tensor, r: float | None, k: int | None, loop: bo
             src = np.concatenate([src, np.arange(n)])
             tgt = np.concatenate([tgt, np.arange(n)])
     else:
-        kk = min(k + extra, n)
-        dist, idx = tree.query(x, k=kk, distance_upper_bound=np.inf if r is None else r, workers=-1)
-        if kk == 1:
-            dist, idx = dist[:, None], idx[:, None]
-        tgt = np.broadcast_to(np.arange(n)[:, None], idx.shape)
-        keep = idx < n  # missing neighbours are reported with index n
-        if not loop:
-            keep &= idx != tgt
-        src, tgt = idx[keep], tgt[keep]
+        return _kdtree_knn(pos, batch, tree, x, r, k, loop)
     src_t = torch.from_numpy(np.ascontiguousarray(src)).long()
     tgt_t = torch.from_numpy(np.ascontiguousarray(tgt)).long()
     same = batch[src_t] == batch[tgt_t]
@@ -168,15 +159,38 @@ def _kdtree(pos: Tensor, batch: Tensor, r: float | None, k: int | None, loop: bo
     if r is not None:
         inside = d2 < r * r
         src_t, tgt_t, d2 = src_t[inside], tgt_t[inside], d2[inside]
-    edges = _sort_edges(tgt_t, d2, src_t)
-    if k is not None:
-        # the tree returned k+1 candidates; drop any beyond k per target (only when self was not among them)
-        tgt_sorted = edges[1]
-        counts = torch.bincount(tgt_sorted, minlength=n)
-        first = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(tgt_sorted.numel()) - first[tgt_sorted]
-        edges = edges[:, rank < k]
-    return edges
+    return _sort_edges(tgt_t, d2, src_t)
+
+
+def _kdtree_knn(pos: Tensor, batch: Tensor, tree, x, r: float | None, k: int, loop: bool) -> Tensor:
+    """The k-d tree's ``[N, k (+1)]`` candidate table, ordered and cut per row: each target's candidates are
+    sorted by (distance recomputed in ``pos``'s dtype, source) within their row, so the edges come out sorted
+    by (target, distance, source) without any global sort."""
+    import numpy as np
+
+    n = x.shape[0]
+    kk = min(k + (0 if loop else 1), n)
+    _, idx = tree.query(x, k=kk, distance_upper_bound=np.inf if r is None else r, workers=-1)
+    src = torch.from_numpy(np.ascontiguousarray(idx.reshape(n, kk))).long()
+    valid = src < n  # missing neighbours are reported with index n
+    src.masked_fill_(~valid, 0)
+    tgt = torch.arange(n).unsqueeze(1)
+    if not loop:
+        valid &= src != tgt
+    valid &= batch[src] == batch.unsqueeze(1)
+    d2 = (pos[src] - pos.unsqueeze(1)).pow(2).sum(-1)  # same arithmetic as the blockwise search
+    if r is not None:
+        valid &= d2 < r * r
+    d2.masked_fill_(~valid, float("inf"))
+    # within each row: by source, then (stable) by distance -> (distance, source) order; invalid ones last
+    src, order = torch.sort(src.masked_fill(~valid, n), dim=1)
+    d2 = torch.gather(d2, 1, order)
+    d2, order = torch.sort(d2, dim=1, stable=True)
+    src = torch.gather(src, 1, order)
+    keep = torch.isfinite(d2)
+    keep[:, k:] = False  # the tree returned k+1 candidates when self was excluded: keep the nearest k
+    counts = keep.sum(1)
+    return torch.stack([src[keep], torch.repeat_interleave(torch.arange(n), counts)])
 
 
 def _search(pos: Tensor, batch: Tensor | None, r: float | None, k: int | None, loop: bool, method: str) -> Tensor:

@@ -53,7 +53,7 @@ def tiny_run(slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def test_paper_model_layout() -> None:
     model = build_model(**PAPER_HPARAMS)
     c = model.config
-    assert (c.in_node_nf, c.hidden_nf, c.n_layers) == (15, 128, 7)
+    assert (c.in_channels, c.hidden_channels, c.num_layers) == (15, 128, 7)
     assert not c.update_coords and c.attention and c.node_attr and c.act == "silu" and c.readout == "sum"
     assert all(layer.coord_mlp is None for layer in model.layers)  # invariant layers, no phi_x
     # node head 128 -> 128 -> 128, graph head 128 -> 128 -> 1 (reference node_dec / graph_dec)

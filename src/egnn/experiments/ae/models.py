@@ -154,14 +154,14 @@ class RadialFieldEncoder(nn.Module):
 
 
 class EGNNEncoder(nn.Module):
-    """:class:`egnn.nn.EGNN` (``in_edge_nf = 1``, mean coordinate aggregation) on random initial positions in
+    """:class:`egnn.nn.EGNN` (``edge_dim = 1``, mean coordinate aggregation) on random initial positions in
     ``K`` dimensions and constant node features; the output positions are the embedding."""
 
     def __init__(self, K: int = 8, hidden_nf: int = 64, n_layers: int = 4, act: str = "silu",
                  **egnn_kwargs: Any) -> None:
         super().__init__()
         self.K = K
-        self.egnn = EGNN(1, hidden_nf, n_layers, in_edge_nf=1, act=act, residual=True, coord_agg="mean",
+        self.egnn = EGNN(1, hidden_nf, n_layers, edge_dim=1, act=act, residual=True, coord_agg="mean",
                          **egnn_kwargs)
 
     @property

@@ -48,7 +48,7 @@ NBODY_MODELS: Registry[NBodyModel] = Registry("N-body model")
 
 def _build_egnn(hidden_nf: int = 64, n_layers: int = 4, **opts: Any) -> nn.Module:
     # the paper's N-body EGNN: velocity layers (eq. 7), |v| in, [q_i q_j, r_ij] edge attributes
-    return EGNN(1, hidden_nf, n_layers, in_edge_nf=2, velocity=True, **opts)
+    return EGNN(1, hidden_nf, n_layers, edge_dim=2, velocity=True, **opts)
 
 
 def _predict_egnn(model: nn.Module, b: NBodyBatch) -> Tensor:

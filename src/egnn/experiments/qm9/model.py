@@ -70,8 +70,8 @@ def build_model(
         node_attr=node_attr,
         act=act,
         residual=True,
-        out_node_nf=hidden_nf,
-        graph_out_nf=1,
+        out_channels=hidden_nf,
+        graph_out_channels=1,
         readout="sum",
         **opts,
     )
