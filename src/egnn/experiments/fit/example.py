@@ -26,7 +26,7 @@ from egnn.experiments.fit.emt import EMTConfig, generate, write_dataset
 from egnn.experiments.run import write_json
 from egnn.experiments.trainer import TrainConfig
 
-# measured on 2 CPU cores with the default data (docs/own_data.md)
+# measured on 2 CPU cores with the default data (README, "Your own 3D data")
 EXAMPLE_MODEL = ft.ModelOptions(cutoff=4.5, hidden_nf=48, n_layers=3, n_rbf=8)
 EXAMPLE_TRAIN = ft.FIT_PRESET.train_config()
 EXAMPLE_LOSS = ft.LossOptions(energy_weight=10.0, forces_weight=1.0)

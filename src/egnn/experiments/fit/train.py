@@ -35,7 +35,7 @@ class FitError(ValueError):
     """A user error in the fit/predict/eval settings (one line)."""
 
 
-# The optimisation recipe of `egnn fit` and `egnn example emt` (measured there: docs/own_data.md).
+# The optimisation recipe of `egnn fit` and `egnn example emt` (measured there: README, "Your own 3D data").
 FIT_PRESET = Preset(
     description="batch 16, lr 3e-3 (50 warm-up steps, cosine to 2 %), EMA 0.99, 100 epochs",
     train={"epochs": 100, "batch_size": 16, "schedule": "cosine", "final_lr_ratio": 0.02, "warmup_steps": 50,
