@@ -214,7 +214,7 @@ class Trainer:
         self.rank, self.world = init_distributed()
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
-        # fused: one kernel for the whole update instead of several per parameter (same arithmetic)
+        # fused: one kernel for the whole update instead of several per parameter (same update, other rounding)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.ema = (
             torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=_warm_ema(cfg.ema_decay))
