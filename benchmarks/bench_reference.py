@@ -216,33 +216,25 @@ def qm9_runners(compile_: bool = False) -> tuple[dict, float]:
         y = torch.randn(96, generator=gen)
         batches.append({"h": h, "pos": pos, "edge_index": fully_connected_edges(sizes.tolist()), "batch": batch,
                         "y": y, "padded": reference_code.padded_qm9_inputs(h, pos, batch, 96)})
+    def our_step(model: torch.nn.Module, params) -> Callable[[int], None]:
+        opt = torch.optim.Adam(params, lr=5e-4, fused=True)
+
+        def step(i: int) -> None:
+            b = batches[i % len(batches)]
+            opt.zero_grad(set_to_none=True)
+            pred = predict(model, b["h"], b["pos"], b["edge_index"], b["batch"], 96)
+            torch.nn.functional.l1_loss(pred, b["y"]).backward()
+            opt.step()
+
+        return step
+
     torch.manual_seed(0)
     ours = build_model()
-    fns: dict[str, Callable[[int], None]] = {}
-    opt = torch.optim.Adam(ours.parameters(), lr=5e-4, fused=True)
-
-    def ours_step(i: int) -> None:
-        b = batches[i % len(batches)]
-        opt.zero_grad(set_to_none=True)
-        pred = predict(ours, b["h"], b["pos"], b["edge_index"], b["batch"], 96)
-        torch.nn.functional.l1_loss(pred, b["y"]).backward()
-        opt.step()
-
-    fns["ours"] = ours_step
+    fns: dict[str, Callable[[int], None]] = {"ours": our_step(ours, ours.parameters())}
     if compile_:
         torch.manual_seed(0)
         plain = build_model()
-        compiled = torch.compile(plain, dynamic=True)
-        copt = torch.optim.Adam(plain.parameters(), lr=5e-4, fused=True)
-
-        def compiled_step(i: int) -> None:
-            b = batches[i % len(batches)]
-            copt.zero_grad(set_to_none=True)
-            pred = predict(compiled, b["h"], b["pos"], b["edge_index"], b["batch"], 96)
-            torch.nn.functional.l1_loss(pred, b["y"]).backward()
-            copt.step()
-
-        fns["ours_compiled"] = compiled_step
+        fns["ours_compiled"] = our_step(torch.compile(plain, dynamic=True), plain.parameters())
     diff = float("nan")
     if ref_mod is not None:
         ref = ref_mod.EGNN(in_node_nf=15, in_edge_nf=0, hidden_nf=128, n_layers=7, attention=True, node_attr=1)
