@@ -86,27 +86,32 @@ def sgemm_gflops(m: int, k: int, n: int, repeats: int = 200) -> float:
 
 def kernel_floor(n_nodes: int, n_edges: int, h: int = HIDDEN, layers: int = LAYERS) -> tuple[Callable, Callable]:
     """(forward, step) functions that run only the unavoidable kernels of the model, on its shapes: the matrix
-    products above and the SiLU activations (3 on edges and 2 on nodes per layer), plus, for the step, each
-    product's two backward products and each activation's backward. Whatever an implementation of this model
-    does, it does at least this work: the ratio floor/reference bounds the ratio any implementation can reach."""
+    products above and the SiLU activations (3 on edges and 2 on nodes per layer); for the step also each
+    product's two backward products (gradient of the input, gradient of the weight) and, per activation, one
+    element-wise backward pass (``sigmoid_backward``: the derivative from a saved sigmoid, no exponential).
+    Whatever an implementation of this model does, it does at least this work: the ratio floor/reference bounds
+    the ratio any implementation can reach on this machine."""
     g = torch.Generator().manual_seed(0)
     xe, xn, xn2 = (torch.randn(n_edges, h, generator=g), torch.randn(n_nodes, h, generator=g),
                    torch.randn(n_nodes, 2 * h, generator=g))
     w, w2, w2t = torch.randn(h, h, generator=g), torch.randn(h, 2 * h, generator=g), torch.randn(2 * h, h, generator=g)
-    silu, silu_bw = torch.nn.functional.silu, torch.ops.aten.silu_backward
+    products = ((xe, w), (xe, w), (xn, w2), (xn2, w2t), (xn, w), (xn, w))
+    grads = [torch.randn(a.shape[0], b.shape[1], generator=g) for a, b in products]
+    silu, act_bw = torch.nn.functional.silu, torch.ops.aten.sigmoid_backward
 
     def forward(i: int) -> None:
         for _ in range(layers):
-            xe @ w, xe @ w, xn @ w2, xn2 @ w2t, xn @ w, xn @ w
+            for a, b in products:
+                a @ b
             silu(xe), silu(xe), silu(xe), silu(xn), silu(xn)
 
     def step(i: int) -> None:
         forward(i)
         for _ in range(layers):
-            for a, b in ((xe, w), (xe, w), (xn, w2), (xn2, w2t), (xn, w), (xn, w)):
-                a @ b, a.t() @ (a @ b)  # grad input and grad weight products of the same sizes
+            for (a, b), gr in zip(products, grads):
+                gr @ b.t(), a.t() @ gr  # gradient of the input, gradient of the weight
             for x in (xe, xe, xe, xn, xn):
-                silu_bw(x, x)
+                act_bw(x, x)
 
     return forward, step
 

@@ -19,8 +19,9 @@ from egnn.testing import assert_equivariant, random_orthogonal
 
 def tiny_model(dtype=torch.float64, cutoff=3.5, seed=0, **kw):
     torch.manual_seed(seed)
+    refs = [-0.5, -2.0, -3.0] if kw.get("readout", "sum") == "sum" else []
     cfg = AtomsModelConfig(species=[1, 8, 29], cutoff=cutoff, hidden_nf=8, n_layers=2, n_rbf=4,
-                           ref_energies=[-0.5, -2.0, -3.0], scale=0.7, shift=0.1, **kw)
+                           ref_energies=refs, scale=0.7, shift=0.1, **kw)
     model = AtomsModel(cfg).to(dtype)
     # the node head starts at ordinary init; perturb so no output is trivially zero
     return model
@@ -38,9 +39,10 @@ def periodic_data(n_frames=3, seed=0):
                      energy=rng.normal(size=n_frames), forces=rng.normal(size=(int(sizes.sum()), 3)))
 
 
+@pytest.mark.parametrize("readout", ["sum", "mlp"])
 @pytest.mark.parametrize("cutoff", [3.5, None])
-def test_equivariance_energy_invariant_forces_rotate(dtype, cutoff):
-    model = tiny_model(dtype, cutoff)
+def test_equivariance_energy_invariant_forces_rotate(dtype, cutoff, readout):
+    model = tiny_model(dtype, cutoff, readout=readout)
     data = periodic_data() if cutoff else AtomsData(
         z=np.array([1, 8, 29, 8, 1]), pos=np.random.default_rng(1).normal(size=(5, 3)) * 1.5,
         offsets=np.array([0, 2, 5]), cell=np.zeros((2, 3, 3)), pbc=np.zeros((2, 3), bool))
@@ -85,8 +87,9 @@ def test_rotating_cell_with_positions_wrapping_and_translation():
     np.testing.assert_allclose(f2, f0, atol=1e-10)
 
 
-def test_batched_equals_one_frame_at_a_time():
-    model = tiny_model()
+@pytest.mark.parametrize("readout", ["sum", "mean", "mlp"])
+def test_batched_equals_one_frame_at_a_time(readout):
+    model = tiny_model(readout=readout)
     data = periodic_data(5, seed=4)
     graphs = AtomsGraphs(data, model.cutoff, dtype=torch.float64)
     whole = model.predict(graphs, forces=True, batch_size=5)
@@ -175,3 +178,34 @@ def test_save_load_round_trip_and_unseen_elements(tmp_path):
     save_checkpoint(tmp_path / "other", {"model": {}}, {"experiment": "qm9"})
     with pytest.raises(CheckpointError, match="not an egnn atoms model"):
         egnn.load_model(tmp_path / "other")
+
+
+def test_mlp_readout_applies_the_graph_head_to_the_summed_node_features():
+    model = tiny_model(readout="mlp")
+    data = periodic_data(2, seed=5)
+    b = AtomsGraphs(data, model.cutoff, dtype=torch.float64).get(torch.arange(2))
+    with torch.no_grad():
+        feats, _ = model._node_outputs(b.z, b.pos, b.edge_index, b.edge_shift)
+        assert feats.shape == (len(b.z), 8)  # features, not one number per atom
+        expected = []
+        for g in range(2):
+            pooled = feats[b.batch == g].sum(0)
+            y = model.graph_head[1](torch.nn.functional.silu(model.graph_head[0](pooled)))
+            expected.append(0.7 * float(y) + 0.1)
+        got = model(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, 2)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-12)
+    # not a sum of per-atom terms: two frames side by side (no edges between them) != the sum of their energies
+    with torch.no_grad():
+        both = model(b.z, b.pos, b.edge_index, b.edge_shift, torch.zeros_like(b.batch), 1)
+    assert abs(float(both) - float(got.sum() - 0.1)) > 1e-6
+    with pytest.raises(ValueError, match="per-atom"):
+        model.atom_energies(b.z, b.pos, b.edge_index, b.edge_shift)
+
+
+def test_reference_energies_need_the_sum_readout():
+    with pytest.raises(ValueError, match="readout 'sum'"):
+        AtomsModelConfig(species=[1, 8], readout="mlp", ref_energies=[1.0, 2.0])
+    with pytest.raises(ValueError, match="readout must be one of"):
+        AtomsModelConfig(species=[1, 8], readout="max")
+    stats = fit_statistics(periodic_data(4), readout="mlp")
+    assert stats["ref_energies"] == [0.0, 0.0, 0.0]

@@ -4,17 +4,22 @@ predict stored with it: species map, per-element reference energies, normalisati
 The network is the paper's invariant EGNN (as for QM9, `arXiv:2102.09844 <https://arxiv.org/abs/2102.09844>`_,
 Section 5.3): a one-hot species embedding, ``n_layers`` :class:`~egnn.nn.EGCL` layers without coordinate update
 (positions enter through :math:`\|x_i - (x_j + s_{ij})\|^2`, with periodic image shifts :math:`s_{ij}`), edge
-inference and node attributes, then a per-atom head whose outputs are summed (an extensive readout):
+inference and node attributes, then a readout. ``readout="sum"`` (energies) sums a per-atom head (extensive):
 
 .. math::
     E = \sum_i \big(\sigma\, \epsilon_i + \mu + E^{ref}_{Z_i}\big)
 
 with :math:`E^{ref}` fitted by least squares on the training set's compositions, :math:`\mu` the mean per-atom
 residual and :math:`\sigma` its scale (the RMS force component when forces are fitted, else the standard deviation
-of the per-atom residual energy). With a cut-off, each message is multiplied by the polynomial envelope
-:math:`u(d/R)` of DimeNet (Gasteiger et al., 2020), which goes to zero with its first and second derivatives at
-:math:`R`, and the edges also carry :math:`n_{rbf}` sine (Bessel) radial features :math:`\sin(k \pi d / R) / d`; so
-energy and forces are continuous when atoms cross the cut-off.
+of the per-atom residual energy). ``readout="mean"`` averages the per-atom head instead. ``readout="mlp"`` is the
+paper's QM9 readout for properties that are not sums over atoms (HOMO, LUMO, gap, dipole moment): a node MLP, a sum
+over the atoms, then a graph MLP, :math:`y = \sigma\, \mathrm{MLP}_g(\sum_i \mathrm{MLP}_n(h_i)) + \mu` with the
+training set's mean and standard deviation (no reference energies).
+
+With a cut-off, each message is multiplied by the polynomial envelope :math:`u(d/R)` of DimeNet (Gasteiger et al.,
+2020), which goes to zero with its first and second derivatives at :math:`R`, and the edges also carry
+:math:`n_{rbf}` sine (Bessel) radial features :math:`\sin(k \pi d / R) / d`; so energy and forces are continuous
+when atoms cross the cut-off.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ ELEMENTS = (
 ).split()
 
 MODEL_KIND = "egnn-atoms"
+READOUTS = ("sum", "mean", "mlp")
 
 
 def element_name(z: int) -> str:
@@ -85,7 +91,8 @@ class AtomsModelConfig:
         hidden_nf, n_layers, attention, node_attr, act: as in :class:`~egnn.nn.EGNN`.
         n_rbf: sine radial features per edge (with a cut-off).
         envelope_exponent: ``p`` of :func:`polynomial_envelope`.
-        readout: ``"sum"`` (extensive, energies) or ``"mean"`` of the per-atom outputs.
+        readout: ``"sum"`` (extensive, energies) or ``"mean"`` of the per-atom outputs, or ``"mlp"`` (node MLP,
+            sum, graph MLP: the paper's QM9 readout, for targets that are not sums over atoms).
         ref_energies: per-species reference energy (same order as ``species``).
         scale, shift: :math:`\\sigma`, :math:`\\mu` of the module docstring.
         target: key of the graph-level target; ``forces``: key of the forces (or ``None``).
@@ -119,8 +126,10 @@ class AtomsModelConfig:
             raise ValueError(f"{len(self.ref_energies)} reference energies for {len(self.species)} species")
         if self.cutoff is not None and not self.cutoff > 0:
             raise ValueError(f"cutoff must be positive or None, got {self.cutoff}")
-        if self.readout not in ("sum", "mean"):
-            raise ValueError(f"readout must be 'sum' or 'mean', got {self.readout!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+        if self.readout != "sum" and any(self.ref_energies):
+            raise ValueError("reference energies need the extensive readout 'sum'")
         if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.shift)):
             raise ValueError(f"scale must be positive and finite, shift finite; got {self.scale}, {self.shift}")
 
@@ -164,7 +173,11 @@ class AtomsModel(nn.Module):
             for _ in range(c.n_layers)
         )
         self.act = make_activation(c.act)
-        self.head = nn.ModuleList([nn.Linear(c.hidden_nf, c.hidden_nf), nn.Linear(c.hidden_nf, 1)])
+        # per-atom head: to one number per atom, or (readout "mlp") to features summed and fed to the graph head
+        self.head = nn.ModuleList([nn.Linear(c.hidden_nf, c.hidden_nf),
+                                   nn.Linear(c.hidden_nf, c.hidden_nf if c.readout == "mlp" else 1)])
+        self.graph_head = (nn.ModuleList([nn.Linear(c.hidden_nf, c.hidden_nf), nn.Linear(c.hidden_nf, 1)])
+                           if c.readout == "mlp" else None)
 
     @property
     def cutoff(self) -> float | None:
@@ -207,8 +220,9 @@ class AtomsModel(nn.Module):
         return torch.cat([bessel_basis(d, c.cutoff, self.n_rbf), weight], dim=-1)
 
     # --- forward ----------------------------------------------------------------------------------------------
-    def atom_energies(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:
-        """Per-atom contributions :math:`\\sigma \\epsilon_i + \\mu + E^{ref}_{Z_i}`, shape ``[N]``."""
+    def _node_outputs(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None
+                      ) -> tuple[Tensor, Tensor]:
+        """The per-atom head's output ``[N, 1]`` (``[N, hidden_nf]`` for readout ``"mlp"``) and species indices."""
         c = self.config
         idx = self.species_index(z)
         h0 = nn.functional.one_hot(idx, len(c.species)).to(pos.dtype)
@@ -218,21 +232,35 @@ class AtomsModel(nn.Module):
         node_attr = h0 if c.node_attr else None
         for layer in self.layers:
             x, _, _ = layer.propagate(x, pos, edge_index, attr, node_attr, None, edge_shift)
-        eps = self.head[1](self.act(self.head[0](x))).squeeze(-1)
-        return c.scale * eps + c.shift + self.ref_energies.to(pos.dtype)[idx]
+        return self.head[1](self.act(self.head[0](x))), idx
+
+    def atom_energies(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:
+        """Per-atom contributions :math:`\\sigma \\epsilon_i + \\mu + E^{ref}_{Z_i}`, shape ``[N]`` (readouts
+        ``"sum"`` and ``"mean"``; ``"mlp"`` has no per-atom contributions)."""
+        c = self.config
+        if c.readout == "mlp":
+            raise ValueError("readout 'mlp' has no per-atom contributions")
+        out, idx = self._node_outputs(z, pos, edge_index, edge_shift)
+        return c.scale * out.squeeze(-1) + c.shift + self.ref_energies.to(pos.dtype)[idx]
 
     def forward(
         self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None,
         batch: Tensor | None = None, num_graphs: int | None = None,
     ) -> Tensor:
-        e = self.atom_energies(z, pos, edge_index, edge_shift)
         if batch is None:
-            batch = torch.zeros(e.shape[0], dtype=torch.long, device=e.device)
+            batch = torch.zeros(z.shape[0], dtype=torch.long, device=pos.device)
             num_graphs = 1
         elif num_graphs is None:
             num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        c = self.config
+        if self.graph_head is not None:
+            out, _ = self._node_outputs(z, pos, edge_index, edge_shift)
+            pooled = scatter_sum(out, batch, num_graphs)
+            y = self.graph_head[1](self.act(self.graph_head[0](pooled))).squeeze(-1)
+            return c.scale * y + c.shift
+        e = self.atom_energies(z, pos, edge_index, edge_shift)
         total = scatter_sum(e, batch, num_graphs)
-        if self.config.readout == "mean":
+        if c.readout == "mean":
             count = scatter_sum(torch.ones_like(e), batch, num_graphs)
             total = total / count.clamp_min(1)
         return total
@@ -340,7 +368,7 @@ def fit_statistics(data: Any, species: list[int] | None = None, reference: bool 
     per_atom = (energy - counts @ ref) / n if readout == "sum" else energy - counts @ ref
     shift = float(per_atom.mean())
     if data.forces is not None and readout == "sum":
-        scale = float(np.sqrt(np.mean(data.forces**2)))
+        scale = float(np.sqrt(np.mean(data.forces**2)))  # forces set the energy scale of an extensive model
     else:
         scale = float(per_atom.std())
     if not (math.isfinite(scale) and scale > 1e-12):

@@ -2,6 +2,7 @@
 
 from egnn.ops.batch import Graph, collate
 from egnn.ops.neighbors import fully_connected_edges, knn_graph, radius_graph, sizes_to_batch
+from egnn.ops.order import locality_order
 from egnn.ops.scatter import scatter_count, scatter_mean, scatter_sum
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "collate",
     "fully_connected_edges",
     "knn_graph",
+    "locality_order",
     "radius_graph",
     "scatter_count",
     "scatter_mean",

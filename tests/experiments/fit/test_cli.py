@@ -137,3 +137,30 @@ def test_energy_only_fit_on_molecules_with_complete_graphs(tmp_path, capsys):
     assert "U0_mae" in res["valid"] and "U0_per_atom_mae" not in res["valid"] and "forces_mae" not in res["valid"]
     model = egnn.load_model(out)
     assert model.cutoff is None and model.config.readout == "mean" and model.config.forces is None
+
+
+def test_intensive_target_with_the_mlp_readout_and_l1_loss(tmp_path, capsys):
+    """The paper's QM9 recipe through the generic path: node MLP, sum, graph MLP, L1 loss, no reference energies."""
+    from ase import Atoms
+
+    import egnn
+
+    rng = np.random.default_rng(1)
+    frames = []
+    for _ in range(16):
+        n = int(rng.integers(2, 6))
+        a = Atoms(numbers=rng.choice([1, 6, 8], n), positions=rng.normal(size=(n, 3)) * 1.5)
+        a.info["homo"] = float(rng.normal()) - 7.0
+        frames.append(a)
+    ase.io.write(str(tmp_path / "mol.extxyz"), frames)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(tmp_path / "mol.extxyz"), "--target", "homo", "--cutoff", "none", "--readout",
+                 "mlp", "--loss", "l1", "--final-lr-ratio", "0", "--hidden", "8", "--layers", "1", "--epochs", "2",
+                 "--batch-size", "4", "--no-cache", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out.split("\nmodel:")[0])
+    assert "homo_mae" in res["valid"] and "homo_per_atom_mae" not in res["valid"]
+    model = egnn.load_model(out)
+    assert model.config.readout == "mlp" and not any(model.config.ref_energies)
+    assert model.config.shift == pytest.approx(np.mean([f.info["homo"] for f in frames]), abs=1.0)
+    run = json.loads((out / "run.json").read_text())
+    assert run["identity"]["loss"]["kind"] == "l1"

@@ -86,8 +86,13 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=nonnegative_int, default=4, help="EGCL layers (default 4)")
     p.add_argument("--rbf", type=nonnegative_int, default=8, help="radial features per edge (default 8)")
     p.add_argument("--no-attention", action="store_true", help="turn edge inference off")
-    p.add_argument("--readout", default="sum", choices=["sum", "mean"], help="sum (energies, default) or mean")
-    p.add_argument("--no-reference", action="store_true", help="do not fit per-element reference energies")
+    p.add_argument("--readout", default="sum", choices=["sum", "mean", "mlp"],
+                   help="sum of per-atom terms (energies, default), their mean, or mlp: node MLP, sum, graph MLP "
+                   "(the paper's QM9 readout, for targets that are not sums over atoms: HOMO, LUMO, gap, dipole)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not fit per-element reference energies (always off for readouts mean and mlp)")
+    p.add_argument("--loss", default="mse", choices=["mse", "l1"],
+                   help="squared (default) or absolute errors (the paper's QM9 loss) in both loss terms")
     p.add_argument("--cache", default="data/cache", metavar="DIR", help="parsed-data cache folder (default data/cache)")
     p.add_argument("--no-cache", action="store_true", help="parse the files every time")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="float32 (default) or float64")
@@ -98,6 +103,8 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float_in(0.0, 1.0, "a decay in [0, 1)", lo_open=False, hi_open=True),
                    default=None, help="weight averaging for evaluation (default 0.99; 0: off)")
     p.add_argument("--warmup-steps", type=nonnegative_int, default=None, help="linear learning-rate warm-up steps")
+    p.add_argument("--final-lr-ratio", type=float_in(0.0, 1.0, "a ratio in [0, 1]", lo_open=False, hi_open=False),
+                   default=None, help="end of the cosine decay as a fraction of --lr (default 0.02)")
     add_trainer_arguments(p, compile_flag=False)
 
 
@@ -119,10 +126,10 @@ def _run_fit(args: argparse.Namespace) -> int:
         model=ft.ModelOptions(cutoff=args.cutoff, images=not args.no_images, hidden_nf=args.hidden,
                               n_layers=args.layers, n_rbf=args.rbf, attention=not args.no_attention,
                               readout=args.readout, reference=not args.no_reference),
-        loss=ft.LossOptions(energy_weight=args.energy_weight, forces_weight=args.forces_weight),
+        loss=ft.LossOptions(energy_weight=args.energy_weight, forces_weight=args.forces_weight, kind=args.loss),
     )
     overrides = {**trainer_overrides(args), "eval_every": args.eval_every, "ema_decay": args.ema_decay,
-                 "warmup_steps": args.warmup_steps}
+                 "warmup_steps": args.warmup_steps, "final_lr_ratio": args.final_lr_ratio}
     cfg = ft.FIT_PRESET.train_config(**overrides)
     if args.energy_weight == 0 and (args.forces is None or args.forces_weight == 0):
         raise CLIError("the loss has no term: give --energy-weight > 0, or --forces KEY with --forces-weight > 0")

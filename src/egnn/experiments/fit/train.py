@@ -6,9 +6,10 @@ Loss (per batch, in the model's normalised units :math:`\\sigma`, see :mod:`egnn
     w_E \\cdot \\mathrm{mean}_b\\big((\\hat E_b - E_b) / (n_b \\sigma)\\big)^2
     + w_F \\cdot \\mathrm{mean}_{i,k}\\big((\\hat F_{ik} - F_{ik}) / \\sigma\\big)^2
 
-with :math:`\\hat F = -\\partial \\hat E / \\partial x` by autograd (second-order gradients in training). The trainer's
-model-selection metric is the same weighted error summed per frame (lower is better); the physical MAE/RMSE are
-computed by :func:`evaluate_model`.
+with :math:`\\hat F = -\\partial \\hat E / \\partial x` by autograd (second-order gradients in training). The energy
+error is divided by the number of atoms :math:`n_b` only for the extensive readout ``"sum"``. With ``loss="l1"``
+the squares become absolute values (the paper's QM9 loss). The trainer's model-selection metric is the same
+weighted error summed per frame (lower is better); the physical MAE/RMSE are computed by :func:`evaluate_model`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class FitError(ValueError):
     """A user error in the fit/predict/eval settings (one line)."""
 
 
+LOSSES = ("mse", "l1")
+
+
 # The optimisation recipe of `egnn fit` and `egnn example emt` (measured there: README, "Your own 3D data").
 FIT_PRESET = Preset(
     description="batch 16, lr 3e-3 (50 warm-up steps, cosine to 2 %), EMA 0.99, 100 epochs",
@@ -57,8 +61,8 @@ class ModelOptions:
     attention: bool = True
     node_attr: bool = True
     act: str = "silu"
-    readout: str = "sum"
-    reference: bool = True  # fit per-element reference energies
+    readout: str = "sum"  # "sum" (energies), "mean" or "mlp" (non-additive targets: HOMO, gap ...)
+    reference: bool = True  # fit per-element reference energies (readout "sum" only)
 
 
 @dataclass
@@ -79,6 +83,11 @@ class DataOptions:
 class LossOptions:
     energy_weight: float = 10.0
     forces_weight: float = 1.0
+    kind: str = "mse"  # "mse" or "l1" (absolute errors, both terms)
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSSES:
+            raise FitError(f"loss must be one of {', '.join(LOSSES)}, got {self.kind!r}")
 
 
 @dataclass
@@ -109,21 +118,22 @@ def batch_errors(model: nn.Module, b: AtomsBatch, use_forces: bool, create_graph
 
 
 def make_task(splits: dict[str, AtomsGraphs | None], scale: float, loss_opts: LossOptions, use_forces: bool) -> Task:
-    """Weighted MSE loss in normalised units; metric: the same summed per frame."""
+    """Weighted MSE (or L1) loss in normalised units; metric: the same summed per frame."""
     we, wf = loss_opts.energy_weight, loss_opts.forces_weight
+    penalty = Tensor.abs if loss_opts.kind == "l1" else Tensor.square
 
     def loss(model: nn.Module, b: AtomsBatch) -> Tensor:
         e_err, f_err = batch_errors(model, b, use_forces, create_graph=True)
-        value = we * (e_err / scale).pow(2).mean()
+        value = we * penalty(e_err / scale).mean()
         if f_err is not None:
-            value = value + wf * (f_err / scale).pow(2).mean()
+            value = value + wf * penalty(f_err / scale).mean()
         return value
 
     def metric(model: nn.Module, b: AtomsBatch) -> tuple[Tensor, int]:
         e_err, f_err = batch_errors(model, b, use_forces, create_graph=False)
-        per_frame = we * (e_err.detach() / scale).pow(2)
+        per_frame = we * penalty(e_err.detach() / scale)
         if f_err is not None:
-            sq = (f_err.detach() / scale).pow(2).sum(-1)
+            sq = penalty(f_err.detach() / scale).sum(-1)
             per_frame = per_frame + wf * scatter_sum(sq, b.batch, b.num_graphs) / (3 * b.n_atoms.to(sq.dtype))
         return per_frame.sum(), b.num_graphs
 
@@ -218,7 +228,8 @@ def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = F
     # flat keys, so a refused --resume names exactly the setting that differs
     identity = {
         "experiment": "fit", **{f"model.{k}": v for k, v in model.config.to_dict().items()},
-        "loss": asdict(plan.loss),
+        # (the default loss kind is left out so that runs started before --loss existed still resume)
+        "loss": {k: v for k, v in asdict(plan.loss).items() if not (k == "kind" and v == "mse")},
         "dtype": str(dtype).replace("torch.", ""),
         "data": {"train": opts.train, "valid": opts.valid, "test": opts.test, "target": opts.target,
                  "forces": opts.forces, "valid_fraction": None if opts.valid else opts.valid_fraction,
