@@ -67,7 +67,8 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
         "from atoms.info, atoms.arrays or the calculator results of every frame. Writes RUN/best (load with "
         "egnn.load_model or egnn.ase.EGNNCalculator), log.csv, summary.json and parity plots. Optimisation "
         "defaults (the EMT example's recipe): 100 epochs, batch 16, lr 3e-3 with 50 warm-up steps and cosine "
-        "decay, EMA 0.99.",
+        "decay, EMA 0.99. For a property that is not a sum over atoms (HOMO, LUMO, gap, dipole moment) use "
+        "--readout mlp --loss l1 --cutoff none (the paper's QM9 recipe).",
     )
     p.add_argument("--data", required=True, metavar="TRAIN", help="training file (extxyz, ASE .db, .traj ...)")
     p.add_argument("--valid", default=None, metavar="FILE", help="validation file (default: --valid-fraction of TRAIN)")
