@@ -116,19 +116,25 @@ def test_user_errors_are_one_line_exit_2(run, files, capsys, tmp_path):
     one_line_error(capsys, ["example", "emt", "--out", train], "is not a folder")
 
 
-def test_energy_only_fit_on_molecules_with_complete_graphs(tmp_path, capsys):
+def molecules(path, key, frames, seed, offset=0.0):
+    """``frames`` random H/C/O molecules of 2-5 atoms with a random ``key`` in ``atoms.info``, written to ``path``."""
     from ase import Atoms
 
-    import egnn
-
-    rng = np.random.default_rng(0)
-    frames = []
-    for _ in range(12):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(frames):
         n = int(rng.integers(2, 6))
         a = Atoms(numbers=rng.choice([1, 6, 8], n), positions=rng.normal(size=(n, 3)) * 1.5)
-        a.info["U0"] = float(rng.normal())
-        frames.append(a)
-    ase.io.write(str(tmp_path / "mol.extxyz"), frames)
+        a.info[key] = float(rng.normal()) + offset
+        out.append(a)
+    ase.io.write(str(path), out)
+    return out
+
+
+def test_energy_only_fit_on_molecules_with_complete_graphs(tmp_path, capsys):
+    import egnn
+
+    molecules(tmp_path / "mol.extxyz", "U0", 12, seed=0)
     out = tmp_path / "run"
     assert main(["fit", "--data", str(tmp_path / "mol.extxyz"), "--target", "U0", "--cutoff", "none", "--readout",
                  "mean", "--hidden", "8", "--layers", "1", "--epochs", "2", "--batch-size", "4", "--no-cache",
@@ -141,18 +147,9 @@ def test_energy_only_fit_on_molecules_with_complete_graphs(tmp_path, capsys):
 
 def test_intensive_target_with_the_mlp_readout_and_l1_loss(tmp_path, capsys):
     """The paper's QM9 recipe through the generic path: node MLP, sum, graph MLP, L1 loss, no reference energies."""
-    from ase import Atoms
-
     import egnn
 
-    rng = np.random.default_rng(1)
-    frames = []
-    for _ in range(16):
-        n = int(rng.integers(2, 6))
-        a = Atoms(numbers=rng.choice([1, 6, 8], n), positions=rng.normal(size=(n, 3)) * 1.5)
-        a.info["homo"] = float(rng.normal()) - 7.0
-        frames.append(a)
-    ase.io.write(str(tmp_path / "mol.extxyz"), frames)
+    frames = molecules(tmp_path / "mol.extxyz", "homo", 16, seed=1, offset=-7.0)
     out = tmp_path / "run"
     assert main(["fit", "--data", str(tmp_path / "mol.extxyz"), "--target", "homo", "--cutoff", "none", "--readout",
                  "mlp", "--loss", "l1", "--final-lr-ratio", "0", "--hidden", "8", "--layers", "1", "--epochs", "2",
