@@ -88,29 +88,39 @@ def kernel_floor(n_nodes: int, n_edges: int, h: int = HIDDEN, layers: int = LAYE
     """(forward, step) functions that run only the unavoidable kernels of the model, on its shapes: the matrix
     products above and the SiLU activations (3 on edges and 2 on nodes per layer); for the step also each
     product's two backward products (gradient of the input, gradient of the weight) and, per activation, one
-    element-wise backward pass (``sigmoid_backward``: the derivative from a saved sigmoid, no exponential).
-    Whatever an implementation of this model does, it does at least this work: the ratio floor/reference bounds
-    the ratio any implementation can reach on this machine."""
+    element-wise backward pass (``sigmoid_backward``: the derivative from a saved value, no exponential).
+    Every layer has its own tensors, as in the model (a step's activations do not fit in the cache, and kernels
+    repeated on the same cache-resident tensors would be faster than any real step). Whatever an implementation of
+    this model does, it does at least this work: the ratio floor/reference bounds the ratio any implementation
+    can reach on this machine."""
     g = torch.Generator().manual_seed(0)
-    xe, xn, xn2 = (torch.randn(n_edges, h, generator=g), torch.randn(n_nodes, h, generator=g),
-                   torch.randn(n_nodes, 2 * h, generator=g))
-    w, w2, w2t = torch.randn(h, h, generator=g), torch.randn(h, 2 * h, generator=g), torch.randn(2 * h, h, generator=g)
-    products = ((xe, w), (xe, w), (xn, w2), (xn2, w2t), (xn, w), (xn, w))
-    grads = [torch.randn(a.shape[0], b.shape[1], generator=g) for a, b in products]
+
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=g)
+
+    w, w2, w2t = randn(h, h), randn(h, 2 * h), randn(2 * h, h)
+    per_layer = []
+    for _ in range(layers):
+        products = ((randn(n_edges, h), w), (randn(n_edges, h), w), (randn(n_nodes, h), w2),
+                    (randn(n_nodes, 2 * h), w2t), (randn(n_nodes, h), w), (randn(n_nodes, h), w))
+        grads = [randn(a.shape[0], b.shape[1]) for a, b in products]
+        acts = [randn(n_edges, h) for _ in range(3)] + [randn(n_nodes, h) for _ in range(2)]
+        per_layer.append((products, grads, acts))
     silu, act_bw = torch.nn.functional.silu, torch.ops.aten.sigmoid_backward
 
     def forward(i: int) -> None:
-        for _ in range(layers):
+        for products, _, acts in per_layer:
             for a, b in products:
                 a @ b
-            silu(xe), silu(xe), silu(xe), silu(xn), silu(xn)
+            for x in acts:
+                silu(x)
 
     def step(i: int) -> None:
         forward(i)
-        for _ in range(layers):
+        for products, grads, acts in reversed(per_layer):
             for (a, b), gr in zip(products, grads):
                 gr @ b.t(), a.t() @ gr  # gradient of the input, gradient of the weight
-            for x in (xe, xe, xe, xn, xn):
+            for x in acts:
                 act_bw(x, x)
 
     return forward, step
