@@ -6,7 +6,8 @@ Workloads (4 layers, hidden 64):
   r1e4   -- one radius graph of 10^4 random points, ~32 neighbours per node;
   r1e5   -- the same with 10^5 points.
 Each (peer, workload) runs in its own subprocess, so the peak RSS printed is that run's own.
-Medians of forward (no grad) and train step (forward + backward + Adam) after warm-up.
+Medians of forward (no grad) and train step (forward + backward + Adam) after warm-up. Every peer runs with
+``THP_MEM_ALLOC_ENABLE=1`` and :func:`egnn.runtime.tune_cpu_allocator` (as the ``egnn`` command does).
 
     python benchmarks/bench_layers.py [--threads 2] [--repeats 30] [--workloads nbody,r1e4,r1e5]
 
@@ -18,13 +19,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
-import torch
+# every peer alike, as the egnn command runs: buffers above 32 MiB on transparent huge pages (set before torch is
+# imported) and glibc's allocator keeping freed memory (egnn.runtime). Without them a train step on the 10^4-point
+# graph spends half its time in page faults (1.3 M per step; 3.8 s instead of 2.0 s, measured).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
+
+from egnn.runtime import tune_cpu_allocator  # noqa: E402
 
 WORKLOADS = ("nbody", "r1e4", "r1e5")
 PEERS = ("ours", "ours_concat", "egnn_pytorch")
@@ -96,6 +105,7 @@ def _egnn_pytorch(inp):
 
 
 def run_one(peer: str, workload: str, repeats: int, threads: int) -> dict:
+    tune_cpu_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     inp = _build_inputs(workload)
