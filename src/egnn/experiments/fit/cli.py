@@ -144,16 +144,21 @@ def _run_fit(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------------- predict
 
 
+def _add_model_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
+    """What predict and eval share: the model, the data file, the batch size, the device."""
+    p.add_argument("checkpoint", type=checkpoint_arg, help="run folder (its best model) or checkpoint path")
+    p.add_argument("--data", required=True, metavar="FILE", help=data_help)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
+    add_device(p)
+
+
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "predict", _run_predict,
                     "write a copy of a file with predicted <target>_pred (info) and <forces>_pred (arrays)")
-    p.add_argument("checkpoint", type=checkpoint_arg, help="run folder (its best model) or checkpoint path")
-    p.add_argument("--data", required=True, metavar="FILE", help="structures to predict (any ASE-readable file)")
+    _add_model_arguments(p, "structures to predict (any ASE-readable file)")
     p.add_argument("--out", required=True, metavar="OUT",
                    help="output file (extxyz for .extxyz/.xyz); never overwritten")
     p.add_argument("--no-forces", action="store_true", help="energies only")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
-    add_device(p)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -172,14 +177,11 @@ def _run_predict(args: argparse.Namespace) -> int:
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "eval", _run_eval,
                     "MAE and RMSE (energy, energy per atom, forces) of a model on a file, JSON")
-    p.add_argument("checkpoint", type=checkpoint_arg, help="run folder (its best model) or checkpoint path")
-    p.add_argument("--data", required=True, metavar="FILE", help="labelled structures")
+    _add_model_arguments(p, "labelled structures")
     p.add_argument("--target", default=None, metavar="KEY", help="target key (default: the one trained on)")
     p.add_argument("--forces", default=None, metavar="KEY", help="forces key (default: the one trained on)")
     p.add_argument("--cache", default="data/cache", metavar="DIR", help="parsed-data cache folder (default data/cache)")
     p.add_argument("--no-cache", action="store_true", help="parse the file without the cache")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
-    add_device(p)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
