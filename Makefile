@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test test-repeat lint setup clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q
+
+# the tests that start, kill or wait on processes, N times in a row at 1 and 2 threads (LOAD=1: other core busy)
+test-repeat: $(STAMP)
+	PYTHON=$(PY) bash tests/repeat_timing.sh $(or $(N),30) $(if $(LOAD),--load)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.timing
 def test_tune_cpu_allocator_applies_on_linux():
     # in a child process: the setting is process-wide
     code = "from egnn.runtime import tune_cpu_allocator; import torch; r = tune_cpu_allocator(); " \

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +56,14 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert not [p for p in b.iterdir() if ck.is_temp_file(p)]
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a ``tiny_run`` child: this checkout on the path, the caller's thread count (1 if unset)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EGNN_")}
+    env.update(PYTHONPATH=str(REPO / "src") + os.pathsep + str(REPO),
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return env
+
+
 # ------------------------------------------------------------------------------------------- run folders
 
 
@@ -94,6 +101,7 @@ def test_resume_with_other_data_or_model_names_the_difference(tmp_path):
     assert result.epochs_done == 4
 
 
+@pytest.mark.timing
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_cleanly(tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     tiny_run.run(str(straight))
@@ -122,6 +130,7 @@ def _count_file_operations(folder: Path, monkeypatch) -> int:
     return len(calls)
 
 
+@pytest.mark.timing
 def test_a_crash_between_any_two_file_operations_loses_nothing(tmp_path, monkeypatch):
     """Training killed at every file operation of the run (each checkpoint write step, log line, run record),
     then resumed: the same weights and log as a run never interrupted, and at every crash the last complete
@@ -148,49 +157,53 @@ def test_a_crash_between_any_two_file_operations_loses_nothing(tmp_path, monkeyp
         _assert_same_run(straight, folder)
 
 
-def test_killed_at_random_moments_the_run_ends_as_if_never_killed(tmp_path):
-    """SIGKILL of the training process at random instants, then ``--resume``, until the run is done."""
-    straight = tmp_path / "straight"
+@pytest.mark.timing
+def test_killed_at_random_events_the_run_ends_as_if_never_killed(tmp_path):
+    """SIGKILL of the training process at random points of its run, then ``--resume``, until the run is done.
+
+    The kill points are drawn as event counts (training steps, evaluation batches, file operations: see
+    ``tiny_run``), and the process kills itself when it gets there, so the test is the same on a fast machine,
+    a slow one and a busy one: no sleeping, no racing the clock."""
     epochs = 40
-    tiny_run.run(str(straight), epochs=epochs)
+    events = tiny_run.count_events(str(tmp_path / "straight"), epochs=epochs)
+    per_epoch = len(events) / epochs
+    assert {"step", "eval", "append"} <= set(events) and len(events) > 10 * epochs
     folder = tmp_path / "killed"
     rng = random.Random(1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EGNN_")}
-    env.update(PYTHONPATH=str(REPO / "src") + os.pathsep + str(REPO), OMP_NUM_THREADS="1")
-
-    def logged_epochs() -> int:
-        try:
-            return max(0, len((folder / "log.csv").read_text().splitlines()) - 1)
-        except OSError:
-            return 0
-
-    kills, mid_training = 0, 0
-    for attempt in range(8):
+    # the first kill anywhere in the first epochs, start-up (0) included; then four within a few epochs of
+    # progress: mid-step, mid-evaluation or between two steps of a checkpoint write
+    kill_points = [rng.randint(0, int(2 * per_epoch))] + [rng.randint(1, int(6 * per_epoch)) for _ in range(4)]
+    env = _child_env()
+    killed_after_progress = 0
+    for attempt, k in enumerate([*kill_points, None]):
         cmd = [sys.executable, "-m", "tests.experiments.tiny_run", str(folder), str(epochs)]
-        if attempt:
-            cmd.append("--resume")
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 3:
-            if kills == 0:
-                time.sleep(rng.uniform(0.2, 2.0))  # anywhere, start-up included
-            else:  # once the run has made progress, at a random instant within an epoch or a write
-                start = logged_epochs()
-                deadline = time.monotonic() + 60
-                while logged_epochs() < start + 3 and proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                time.sleep(rng.uniform(0.0, 0.2))
-            if proc.poll() is None:
-                mid_training += logged_epochs() > 0
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode == 0:
+        cmd += ["--resume"] if attempt else []
+        cmd += ["--die-at", str(k)] if k is not None else []
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if k is None:
+            assert proc.returncode == 0, proc.stderr.decode()
             break
-        assert proc.returncode == -signal.SIGKILL, err.decode()
+        assert proc.returncode == -signal.SIGKILL, (k, proc.returncode, proc.stderr.decode())
         if RunFolder(folder).has_checkpoint():
             load_checkpoint(folder / "last")  # loadable right after the kill
-    assert proc.returncode == 0 and kills == 3 and mid_training >= 2
-    _assert_same_run(straight, folder)
+            killed_after_progress += 1
+        assert not (folder / "log.csv").is_file() or len(_log_rows(folder)) < epochs  # it really was cut short
+    assert killed_after_progress >= 3
+    _assert_same_run(tmp_path / "straight", folder)
+
+
+@pytest.mark.timing
+def test_the_kill_hook_dies_exactly_at_the_chosen_event(tmp_path):
+    """The hook the kill test relies on: at event K the process is gone, and the run's files show exactly the
+    events before K (here: K = the append of epoch 3's log row, so two rows are on disk)."""
+    events = tiny_run.count_events(str(tmp_path / "count"), epochs=6)
+    appends = [i + 1 for i, label in enumerate(events) if label == "append"]
+    env = _child_env()
+    folder = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-m", "tests.experiments.tiny_run", str(folder), "6",
+                           "--die-at", str(appends[2])], cwd=REPO, env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert [r["epoch"] for r in _log_rows(folder)] == ["1", "2"]
 
 
 # ------------------------------------------------------------------------------------ checkpoint -> model
