@@ -281,3 +281,26 @@ def test_tables():
     assert markdown_table(["a", "b"], [[1, None]]) == "| a | b |\n|---|---|\n| 1 | - |"
     assert ratio(0.0142, 0.0071) == "2.00" and ratio(None, 1.0) is None and ratio(1.0, None) is None
     assert json.loads(json.dumps({"r": ratio(float("nan"), 1.0)})) == {"r": None}
+
+
+def test_a_time_cap_only_cuts_the_run_short_and_says_so(tmp_path, capsys):
+    """--max-minutes is a cap, not a recipe: the schedule stays the recipe's (lr of step k is the same), the run
+    stops after an evaluation and a checkpoint, and both the result and stderr say it was cut short."""
+    from dataclasses import replace
+
+    from egnn.experiments.trainer import Trainer
+
+    full = tiny_run.run(str(tmp_path / "full"), epochs=6)
+    assert full.epochs_planned == 6 and not full.cut_by_time_cap
+    assert "time cap" not in capsys.readouterr().err
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1))
+    task = tiny_run.Task(tiny_run.Split(48, 0), tiny_run.Split(16, 1), tiny_run.Split(16, 2), tiny_run._loss,
+                         tiny_run._metric)
+    cfg = replace(tiny_run.config(6), max_minutes=1e-9)  # 60 ns: no epoch is that fast
+    trainer = Trainer(model, task, cfg, tmp_path / "capped", {"experiment": "tiny"})
+    capped = trainer.fit()
+    assert capped.cut_by_time_cap and capped.epochs_done == 1 and capped.epochs_planned == 6
+    assert capped.history[0]["lr"] == full.history[0]["lr"] and capped.history[0]["valid"] is not None
+    assert load_checkpoint(tmp_path / "capped" / "last")[1]["epoch"] == 1
+    assert "stopped the run after 1 of its 6 epochs" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from egnn.experiments.commands import (  # noqa: E402
     add_command,
     add_trainer_arguments,
     positive_float,
+    positive_int,
     run_command,
 )
 
@@ -53,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add_command(sub, "demo", _demo, "the main job on a small built-in default (N-body)")
     demo.add_argument("--out", default="runs/demo",
                       help="output folder (default: runs/demo); an earlier demo's run there is kept")
-    demo.add_argument("--minutes", type=positive_float, default=4.0, help="training budget in minutes")
+    demo.add_argument("--epochs", type=positive_int, default=None,
+                      help="epochs of the demo's recipe (default: its 200; the result depends on this, not on time)")
+    demo.add_argument("--max-minutes", "--minutes", dest="max_minutes", type=positive_float, default=None,
+                      help="a cap, not a recipe: stop training early once past this wall time (the output says so)")
     for name, (module, help_text) in EXPERIMENTS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=ArgumentParser)
@@ -76,7 +80,7 @@ def _missing(name: str, err: Exception):
 def _demo(args: argparse.Namespace) -> int:
     from egnn.experiments.nbody.demo import run_demo
 
-    return run_demo(out=args.out, minutes=args.minutes)
+    return run_demo(out=args.out, epochs=args.epochs, max_minutes=args.max_minutes)
 
 
 def _set_threads(threads: int | None) -> None:

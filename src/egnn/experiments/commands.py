@@ -163,7 +163,10 @@ def add_trainer_arguments(p: argparse.ArgumentParser, compile_flag: bool = True)
     p.add_argument("--batch-size", type=positive_int, default=None, help="override the preset's batch size")
     p.add_argument("--seed", type=seed_int, default=None, help="random seed of initialisation and data order")
     p.add_argument("--max-minutes", type=positive_float, default=None,
-                   help="stop (after an evaluation and a checkpoint) once past this wall time")
+                   help="a cap, not a recipe: stop (after an evaluation and a checkpoint) once past this wall time; "
+                        "the output says when it cut the schedule short")
+    p.add_argument("--grad-clip", type=nonnegative_float, default=None, metavar="NORM",
+                   help="clip the gradient norm to NORM (0: off; default: the preset's)")
     p.add_argument("--time-to-target", type=float_in(None, None, "a number"), default=None, metavar="VALUE",
                    help="record the wall time at which the best-validation test metric first reaches VALUE "
                         "(reported as time_to_target)")
@@ -179,6 +182,7 @@ def trainer_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`TrainConfig` overrides given by :func:`add_trainer_arguments` flags (``None``: not given)."""
     return {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
             "max_minutes": args.max_minutes, "target_metric": args.time_to_target, "device": args.device,
+            "grad_clip": args.grad_clip,
             "compile": getattr(args, "compile", False) or None, "progress": not args.no_progress}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -99,10 +100,35 @@ class Preset:
             raise ValueError(f"preset train settings {unknown} are not TrainConfig fields")
 
     def train_config(self, base_lr: float | None = None, model: str | None = None, **overrides: Any) -> TrainConfig:
-        """The recipe's settings with the non-``None`` ``overrides`` applied (``ema_decay=0``: no average)."""
+        """The recipe's settings with the non-``None`` ``overrides`` applied (``ema_decay=0``: no average;
+        ``grad_clip=0``: no clipping)."""
         cfg = TrainConfig(lr=self.lr.resolve(base_lr, model), **dict(self.train))
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-        return replace(cfg, ema_decay=cfg.ema_decay or None)
+        return replace(cfg, ema_decay=cfg.ema_decay or None, grad_clip=cfg.grad_clip or None)
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def code_version() -> str:
+    """``egnn VERSION`` and, when the package runs from a git checkout, ``commit SHORT_SHA`` (``+dirty`` when
+    tracked files differ from it): what results and tables print beside their figures."""
+    from egnn import __version__
+
+    text = f"egnn {__version__}"
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return text
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                                  timeout=30).stdout.strip()
+
+        sha = git("rev-parse", "--short=7", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return text
+    return f"{text}, commit {sha}{'+dirty' if dirty else ''}"
 
 
 # ------------------------------------------------------------------------------------------ run folders
@@ -211,7 +237,8 @@ class RunFolder:
         for p in traces:  # a run killed before its first checkpoint: start it again from nothing
             p.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path / RUN_FILE, json.dumps({"identity": identity}, indent=1) + "\n")
+        record = {"identity": identity, "code": code_version()}  # the code that started the run (provenance)
+        atomic_write(self.path / RUN_FILE, json.dumps(record, indent=1) + "\n")
         return False
 
 

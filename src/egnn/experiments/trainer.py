@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -79,7 +80,8 @@ class TrainConfig:
     eval_batch_size: int = 500
     checkpoint_every: int = 5
     seed: int = 0
-    max_minutes: float | None = None  # stop (after an evaluation and a checkpoint) once past this
+    # a cap, never a recipe: stop (after an evaluation and a checkpoint) once past this, and say so
+    max_minutes: float | None = None
     target_metric: float | None = None  # record the wall time at which the test metric first reaches this
     compile: bool = False
     device: str = "auto"
@@ -189,6 +191,9 @@ class FitResult:
     train_seconds: float
     time_to_target: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    epochs_planned: int | None = None  # the recipe's epochs (``epochs_done`` is less when a cap stopped the run)
+    # ``--max-minutes`` stopped the run before its schedule ended: its results are not the recipe's
+    cut_by_time_cap: bool = False
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-epoch history (for printing)."""
@@ -422,8 +427,13 @@ class Trainer:
                 break
         inner.close()
         bar.close()
+        cut = self.epoch < cfg.epochs
+        if cut and self.rank == 0:
+            print(f"egnn: note: the time cap (--max-minutes {cfg.max_minutes:g}) stopped the run after "
+                  f"{self.epoch} of its {cfg.epochs} epochs: the learning-rate schedule was cut short, so the "
+                  f"results are not the recipe's (continue with --resume and a larger cap)", file=sys.stderr)
         return FitResult(
             best_epoch=self.best["epoch"], best_valid=self.best["valid"], test_at_best=self.best["test"],
             epochs_done=self.epoch, train_seconds=self.train_seconds, time_to_target=self.time_to_target,
-            history=self.history,
+            history=self.history, epochs_planned=cfg.epochs, cut_by_time_cap=cut,
         )

@@ -206,16 +206,18 @@ def _add_example(subparsers: argparse._SubParsersAction) -> None:
         which, "emt", _run_example_emt,
         "EMT alloy: generate, fit energies+forces, predict, relax (BFGS), NVE MD, parity plots", progress=True,
         description="Generates a periodic fcc alloy data set with ASE's EMT potential (rattled, strained cells), fits "
-        "an energy/force EGNN within --minutes, evaluates it on a held-out test set beside the mean-energy / "
+        "an energy/force EGNN for a fixed number of epochs, evaluates it on a held-out test set beside the "
+        "mean-energy / "
         "zero-force baselines, checks predict == calculator, relaxes a structure with BFGS and runs NVE MD.")
     emt.add_argument("--out", type=out_folder, default="runs/emt_example", help="output folder (new or empty)")
     emt.add_argument("--elements", default="Cu,Au", help="comma-separated fcc metals of EMT (default Cu,Au)")
     emt.add_argument("--train-frames", type=int_in(10, None, "an integer >= 10"), default=400,
                      help="training structures (default 400; 10 %% held out for validation)")
     emt.add_argument("--test-frames", type=positive_int, default=100, help="test structures (default 100)")
-    emt.add_argument("--minutes", type=positive_float, default=6.0, help="training budget (default 6)")
     emt.add_argument("--epochs", type=positive_int, default=None,
-                     help="epochs of the cosine schedule (default: as many as a timing says fit in --minutes)")
+                     help="epochs of the cosine schedule (default: the fit recipe's)")
+    emt.add_argument("--max-minutes", "--minutes", dest="max_minutes", type=positive_float, default=None,
+                     help="a cap, not a recipe: stop the fit early once past this wall time (the summary says so)")
     emt.add_argument("--md-steps", type=positive_int, default=500, help="NVE steps of 2 fs (default 500)")
     emt.add_argument("--seed", type=seed_int, default=0, help="seed of the data and the fit (default 0)")
 
@@ -229,7 +231,7 @@ def _run_example_emt(args: argparse.Namespace) -> int:
     elements = tuple(e.strip() for e in args.elements.split(",") if e.strip())
     summary = example.run_emt_example(
         args.out, elements=elements, train_frames=args.train_frames, test_frames=args.test_frames,
-        minutes=args.minutes, epochs=args.epochs, md_steps=args.md_steps, seed=args.seed,
+        epochs=args.epochs, max_minutes=args.max_minutes, md_steps=args.md_steps, seed=args.seed,
         progress=not args.no_progress)
     print(json.dumps(summary, indent=1, allow_nan=False))
     return 0

@@ -17,9 +17,7 @@ Paper numbers: Table 2 of arXiv:2102.09844 (test MSE, 3000 training samples). Sw
 from __future__ import annotations
 
 import csv
-import math
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ from egnn.experiments.nbody.models import NBODY_MODELS
 from egnn.experiments.nbody.train import forward_time_ms, load_model, train_nbody
 from egnn.experiments.plots import pyplot
 from egnn.experiments.registry import Registry
-from egnn.experiments.run import finite_or_none, grid_cell, markdown_table, ratio, read_json, write_json
+from egnn.experiments.run import code_version, finite_or_none, grid_cell, markdown_table, ratio
 from egnn.experiments.trainer import TrainConfig, resolve_device
 
 TABLE_MODELS = ("linear", "gnn", "rf", "tfn", "se3_transformer", "egnn")
@@ -46,51 +44,51 @@ DISPLAY_NAMES = {"linear": "Linear", "gnn": "GNN", "rf": "Radial Field", "tfn": 
 
 
 @dataclass
-class ModelBudget:
-    """How one model is trained in a budgeted preset.
+class ModelRecipe:
+    """How one model is trained in a reduced preset: a fixed number of epochs, whatever the machine's speed.
 
     Attributes:
-        minutes: wall-time budget of the training run; the number of epochs is chosen from a short timing of
-            training steps so that the whole learning-rate schedule fits (recorded in ``plan.json``).
+        epochs: epochs of the cosine schedule (the result depends on this, never on wall time).
+        eval_every: evaluation interval (epochs).
         lr: learning rate (``None``: the training preset's, i.e. the model's paper lr times its scale).
         ema: keep the weight average of the training preset (off for runs too short for it to help: a 0.999
             average over a few hundred steps still weighs the initial weights heavily).
         warmup_steps: learning-rate warm-up (``None``: the training preset's).
-        min_epochs, max_epochs: bounds of the chosen number of epochs.
     """
 
-    minutes: float
+    epochs: int
+    eval_every: int = 5
     lr: float | None = None
     ema: bool = True
     warmup_steps: int | None = None
-    min_epochs: int = 3
-    max_epochs: int = 300
 
 
 @dataclass
 class TablePreset:
-    """A table recipe: the training preset of :mod:`egnn.experiments.nbody.train` and, for budgeted presets,
-    a :class:`ModelBudget` per model (``budgets=None``: the training preset's full epochs for every model)."""
+    """A table recipe: the training preset of :mod:`egnn.experiments.nbody.train` and, for reduced presets,
+    a :class:`ModelRecipe` per model (``recipes=None``: the training preset's full epochs for every model)."""
 
     train_preset: str
     description: str
-    budgets: dict[str, ModelBudget] | None = None
+    recipes: dict[str, ModelRecipe] | None = None
 
 
 TABLE_PRESETS: Registry[TablePreset] = Registry("table preset")
 TABLE_PRESETS.add("paper", TablePreset(
     "paper", "the reference's budget: 10000 epochs, batch 100, constant lr (each model's paper lr), "
     "evaluation every 5 epochs"))
+# Epochs: what each model's share of about 30 minutes on 2 CPU cores bought on 2026-11-27, when the preset was
+# a wall-time budget (SE(3)-Transformer: 8, rounded up to 10); fixed since, so the table is the same on any machine.
 TABLE_PRESETS.add("quick", TablePreset(
-    "quick", "reduced budget for 2 CPU cores (about 30 minutes for the six models): cosine schedule, epochs per "
-    "model chosen to fit its wall-time budget",
-    budgets={
-        "linear": ModelBudget(minutes=0.3, lr=1e-2, ema=False, max_epochs=30),
-        "gnn": ModelBudget(minutes=4.0),
-        "rf": ModelBudget(minutes=3.5),
-        "egnn": ModelBudget(minutes=5.0),
-        "tfn": ModelBudget(minutes=5.0, lr=2e-3, ema=False),
-        "se3_transformer": ModelBudget(minutes=6.5, lr=5e-3, ema=False, warmup_steps=20),
+    "quick", "reduced budget (about 30 minutes for the six models on 2 CPU cores): a fixed number of epochs per "
+    "model with a cosine schedule",
+    recipes={
+        "linear": ModelRecipe(epochs=30, lr=1e-2, ema=False),
+        "gnn": ModelRecipe(epochs=175),
+        "rf": ModelRecipe(epochs=300),
+        "egnn": ModelRecipe(epochs=135),
+        "tfn": ModelRecipe(epochs=80, lr=2e-3, ema=False),
+        "se3_transformer": ModelRecipe(epochs=10, eval_every=1, lr=5e-3, ema=False, warmup_steps=20),
     }))
 
 
@@ -101,48 +99,6 @@ TABLE_PRESETS.add("quick", TablePreset(
 
 def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def seconds_per_step(model_name: str, splits: dict[str, Any], device: str = "auto", steps: int = 3,
-                     batch_size: int = 100) -> float:
-    """Median wall time of one training step (forward, backward, Adam) on a batch of ``batch_size``."""
-    spec = NBODY_MODELS.get(model_name)
-    dev = resolve_device(device)
-    torch.manual_seed(0)
-    model = spec.build(**spec.hparams).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    train = splits["train"]
-    times = []
-    for s in range(steps + 1):
-        idx = torch.arange(s * batch_size, (s + 1) * batch_size) % len(train)
-        b = train.get(idx, dev)
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.mse_loss(spec.predict(model, b), b.target).backward()
-        opt.step()
-        if s:  # the first step is a warm-up
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def plan_budgeted_run(budget: ModelBudget, sec_per_step: float, n_train: int, n_eval: int,
-                      batch_size: int = 100) -> dict[str, Any]:
-    """Epochs (and evaluation interval) that fit ``budget.minutes``: an evaluation of ``n_eval`` samples is
-    counted as a third of the cost of training on them (forward only)."""
-    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    epoch_s = steps_per_epoch * sec_per_step
-    eval_s = n_eval / batch_size * sec_per_step / 3
-    budget_s = 60 * budget.minutes
-    epochs, eval_every = budget.min_epochs, 1
-    for every in (5, 2, 1):  # prefer evaluating every 5 epochs; more often when the run is short
-        e = int(budget_s / (epoch_s + eval_s / every))
-        if e >= 10 * every or every == 1:
-            epochs, eval_every = e, every
-            break
-    epochs = max(budget.min_epochs, min(budget.max_epochs, epochs))
-    eval_every = min(eval_every, max(1, epochs // 5))
-    return {"epochs": epochs, "eval_every": eval_every, "sec_per_step": sec_per_step,
-            "budget_minutes": budget.minutes}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,7 +118,7 @@ class TableRow:
     parameters: int
     paper_mse: float | None
     forward_ms: float | None = None
-    planned_epochs: int | None = None  # ``epochs`` falls short of it only when the wall-time cap stopped the run
+    planned_epochs: int | None = None  # ``epochs`` falls short of it only when a --max-minutes cap stopped the run
 
 
 @dataclass
@@ -175,30 +131,25 @@ class TableResult:
 
 
 def train_table_model(model_name: str, data_dir: str | Path, out_dir: str | Path, preset: str = "quick",
-                      device: str = "auto", progress: bool = True) -> TableRow:
-    """Train one model of the table (or return its finished result); resumable."""
+                      device: str = "auto", progress: bool = True, max_minutes: float | None = None,
+                      compile: bool | None = None) -> TableRow:
+    """Train one model of the table (or return its finished result); resumable. ``max_minutes`` only caps the
+    run (the row then shows ``a of b`` epochs)."""
     spec = NBODY_MODELS.get(model_name)
     tp = TABLE_PRESETS.get(preset)
     out = Path(out_dir)
-    budget = (tp.budgets or {}).get(model_name)
-    if tp.budgets is not None and budget is None:
-        raise ValueError(f"table preset {preset!r} has no budget for model {model_name!r}")
+    recipe = (tp.recipes or {}).get(model_name)
+    if tp.recipes is not None and recipe is None:
+        raise ValueError(f"table preset {preset!r} has no recipe for model {model_name!r}")
 
     def compute(resume: bool) -> dict[str, Any]:
-        overrides: dict[str, Any] = {"device": device, "progress": progress}
-        if budget is not None:
-            plan = read_json(out / "plan.json")  # fixed once: a resumed run must keep its epochs
-            if plan is None:
-                splits = load_nbody(data_dir, "small", max_samples=3000)
-                sps = seconds_per_step(model_name, splits, device)
-                plan = plan_budgeted_run(budget, sps, len(splits["train"]),
-                                         len(splits["valid"]) + len(splits["test"]))
-                write_json(out / "plan.json", plan)
-            overrides.update(epochs=plan["epochs"], eval_every=plan["eval_every"], lr=budget.lr,
-                             max_minutes=1.3 * budget.minutes)
-            if budget.warmup_steps is not None:
-                overrides["warmup_steps"] = budget.warmup_steps
-            if not budget.ema:
+        overrides: dict[str, Any] = {"device": device, "progress": progress, "max_minutes": max_minutes,
+                                     "compile": compile}
+        if recipe is not None:
+            overrides.update(epochs=recipe.epochs, eval_every=recipe.eval_every, lr=recipe.lr)
+            if recipe.warmup_steps is not None:
+                overrides["warmup_steps"] = recipe.warmup_steps
+            if not recipe.ema:
                 overrides["ema_decay"] = 0.0  # falsy: no average (None would mean "keep the preset's")
         result = train_nbody(model_name, data_dir, out, preset=tp.train_preset, dataset="small",
                              max_samples=3000, resume=resume, **overrides)
@@ -240,16 +191,18 @@ def table_markdown(rows: list[TableRow], preset: str, extras: dict[str, Any] | N
                      f"{r.epochs}{of} (best {r.best_epoch})", f"{r.lr:g}", f"{r.train_minutes:.1f}"])
     lines.append(markdown_table(header, body))
     lines += ["", "Test MSE at the best validation epoch; seed-43 `small` set, 3000 training samples, 2000 valid, "
-              "2000 test. Paper MSEs: Table 2 of arXiv:2102.09844. Epochs `a of b`: the wall-time cap stopped the "
-              "run after `a` of its `b` planned epochs."]
+              "2000 test. Paper MSEs: Table 2 of arXiv:2102.09844. Epochs `a of b`: a --max-minutes cap stopped "
+              "the run after `a` of its `b` epochs (not the recipe's result)."]
     if extras:
         lines.append("Machine: " + ", ".join(f"{k} {v}" for k, v in extras.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
 def run_table(data_dir: str | Path, out_dir: str | Path, preset: str = "quick", models: list[str] | None = None,
-              device: str = "auto", progress: bool = True) -> TableResult:
-    """Train (or resume) every model, time them, and write ``table.md`` and ``table.csv`` in ``out_dir``."""
+              device: str = "auto", progress: bool = True, max_minutes: float | None = None,
+              compile: bool | None = None) -> TableResult:
+    """Train (or resume) every model, time them, and write ``table.md`` and ``table.csv`` in ``out_dir``.
+    ``max_minutes`` caps each model's run; ``compile`` overrides the training preset's ``torch.compile``."""
     TABLE_PRESETS.get(preset)
     names = list(models or TABLE_MODELS)
     for name in names:
@@ -260,10 +213,10 @@ def run_table(data_dir: str | Path, out_dir: str | Path, preset: str = "quick", 
     for name in names:
         if progress:
             print(f"[table] {name}", flush=True)
-        rows.append(train_table_model(name, data_dir, out / name, preset, device, progress))
+        rows.append(train_table_model(name, data_dir, out / name, preset, device, progress, max_minutes, compile))
     time_models(rows, out, data_dir, device)
     extras = {"device": str(resolve_device(device)), "torch threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine()}
+              "cpu": platform.processor() or platform.machine(), "code": code_version()}
     md = table_markdown(rows, preset, extras)
     (out / "table.md").write_text(md)
     with open(out / "table.csv", "w", newline="") as f:
@@ -378,14 +331,12 @@ __all__ = [
     "SWEEP_SIZES",
     "TABLE_MODELS",
     "TABLE_PRESETS",
-    "ModelBudget",
+    "ModelRecipe",
     "TablePreset",
     "TableResult",
     "TableRow",
-    "plan_budgeted_run",
     "run_sweep",
     "run_table",
-    "seconds_per_step",
     "sweep_epochs",
     "table_markdown",
     "time_models",
