@@ -173,7 +173,8 @@ def add_trainer_arguments(p: argparse.ArgumentParser, compile_flag: bool = True)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (or restart it if it has none)")
     if compile_flag:
-        p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile the model for training (default: the preset's; --no-compile: eager)")
     add_device(p)
     add_progress(p)
 
@@ -183,7 +184,7 @@ def trainer_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
             "max_minutes": args.max_minutes, "target_metric": args.time_to_target, "device": args.device,
             "grad_clip": args.grad_clip,
-            "compile": getattr(args, "compile", False) or None, "progress": not args.no_progress}
+            "compile": getattr(args, "compile", None), "progress": not args.no_progress}
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int | None],

@@ -280,6 +280,13 @@ class EGCL(nn.Module):
         w = self.edge_mlp[0].weight
         f = 2 * self.in_channels
         if edge_attr is None:
+            if torch.compiler.is_compiling():
+                # torch.compile only (eager unchanged): the same sum as a rank-1 matrix product, so that the
+                # gradient of r_ij is a matrix product instead of a reduction over the channels. Inductor
+                # (torch 2.13 CPU, >= 2 threads) fuses that reduction with the scatter-add gradients of the
+                # gathers of W1 h_i and W2 h_j into a 2-D tiled kernel whose atomic adds get the tile offset
+                # twice: wrong gradients, out-of-bounds writes, heap corruption (docs/compile_crash_repro.py).
+                return torch.addmm(pre, radial, w[:, f : f + 1].t())
             return pre.addcmul_(radial, w[:, f]) if self._in_place() else torch.addcmul(pre, radial, w[:, f])
         geo = torch.cat([radial, edge_attr], dim=-1)
         return pre.addmm_(geo, w[:, f:].t()) if self._in_place() else torch.addmm(pre, geo, w[:, f:].t())
