@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LIBRARY = ("egnn.nn", "egnn.ops", "egnn.testing")
+LIBRARY = ("egnn.nn", "egnn.ops", "egnn.testing", "egnn.pretrained")
 
 
 def _module_name(path: Path) -> str:

@@ -1,7 +1,8 @@
 """E(n)-equivariant graph neural networks (Satorras, Hoogeboom & Welling, ICML 2021).
 
-The model library (``egnn.ops``, ``egnn.nn``, ``egnn.testing``, ``egnn.checkpoint``, ``egnn.atoms``, ``egnn.ase``)
-knows nothing of experiments; ``egnn.experiments`` (data, training, evaluation, CLI) builds on it.
+The model library (``egnn.ops``, ``egnn.nn``, ``egnn.testing``, ``egnn.checkpoint``, ``egnn.atoms``, ``egnn.ase``,
+``egnn.pretrained``) knows nothing of experiments; ``egnn.experiments`` (data, training, evaluation, CLI) builds on
+it.
 """
 
 from __future__ import annotations
@@ -17,3 +18,11 @@ def load_model(path: Any, device: Any = "cpu", dtype: Any = None) -> Any:
     from egnn.atoms.model import load_model as _load
 
     return _load(path, device=device, dtype=dtype)
+
+
+def load_pretrained(name: str, device: Any = "cpu", dtype: Any = None, folder: Any = None) -> Any:
+    """A pretrained model shipped with the package (:func:`egnn.pretrained.load_pretrained`: its file's SHA-256
+    is checked against the index first); ``egnn.pretrained.available()`` lists the names. Imported lazily."""
+    from egnn.pretrained import load_pretrained as _load
+
+    return _load(name, device=device, dtype=dtype, folder=folder)
