@@ -297,6 +297,8 @@ def read_frames(path: str | os.PathLike, index: str = ":", format: str | None = 
     path = Path(path)
     if not path.exists():
         raise AtomsDataError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:  # ASE would say "UnknownFileTypeError: Empty file"
+        raise AtomsDataError(f"{path}: the file is empty (0 frames)")
     try:
         frames = ase.io.read(str(path), index=index, format=format)
     except Exception as err:  # ASE raises many kinds (ValueError, KeyError, StopIteration, UnknownFileTypeError)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from egnn.experiments.commands import (
     ArgumentParser,
@@ -31,6 +32,9 @@ from egnn.experiments.commands import (
     seed_int,
     trainer_overrides,
 )
+
+if TYPE_CHECKING:
+    from egnn.atoms.model import AtomsModel
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -145,7 +149,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
-    """What predict and eval share: the model, the data file, the batch size, the device."""
+    """The model, the data file, the batch size and the device of ``egnn eval``."""
     p.add_argument("checkpoint", type=checkpoint_arg, help="run folder (its best model) or checkpoint path")
     p.add_argument("--data", required=True, metavar="FILE", help=data_help)
     p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
@@ -153,20 +157,69 @@ def _add_model_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "predict", _run_predict,
-                    "write a copy of a file with predicted <target>_pred (info) and <forces>_pred (arrays)")
-    _add_model_arguments(p, "structures to predict (any ASE-readable file)")
+    p = add_command(
+        subparsers, "predict", _run_predict,
+        "write a copy of a file with predicted <target>_pred (info) and <forces>_pred (arrays)",
+        description="Predict every structure of an ASE-readable file and write a copy with <target>_pred in "
+        "atoms.info (and <forces>_pred in atoms.arrays for force models). Two forms: "
+        "'egnn predict --model NAME|PATH FILE --out OUT' (NAME: a pretrained model, see "
+        "egnn.pretrained.available(); $EGNN_PRETRAINED_DIR points to another folder of them; else PATH: a run "
+        "folder or checkpoint) and 'egnn predict CHECKPOINT --data FILE --out OUT'.")
+    p.usage = ("%(prog)s --model NAME|PATH FILE --out OUT [options]\n"
+               "       %(prog)s CHECKPOINT --data FILE --out OUT [options]")
+    p.add_argument("inputs", nargs="*", metavar="[CHECKPOINT] FILE",
+                   help="the structures to predict (any ASE-readable file); without --model the first argument is "
+                   "the model (run folder, checkpoint or pretrained name)")
+    p.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help="pretrained model name, else a run folder (its best model) or checkpoint path (a name wins; "
+                   "write ./NAME for a folder of the same name)")
+    p.add_argument("--data", default=None, metavar="FILE", help="the structures to predict (instead of FILE)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
+    add_device(p)
     p.add_argument("--out", required=True, metavar="OUT",
                    help="output file (extxyz for .extxyz/.xyz); never overwritten")
     p.add_argument("--no-forces", action="store_true", help="energies only")
 
 
-def _run_predict(args: argparse.Namespace) -> int:
+def _predict_sources(args: argparse.Namespace) -> tuple[str, str]:
+    """The model and the data file of either form of ``egnn predict``: exactly one of each."""
+    inputs = list(args.inputs)
+    if args.model is not None:
+        model = args.model
+    elif inputs:
+        model = inputs.pop(0)  # the old form: CHECKPOINT --data FILE
+    else:
+        raise CLIError("no model; give --model NAME|PATH (a pretrained name, run folder or checkpoint)")
+    data = inputs + ([args.data] if args.data is not None else [])
+    if len(data) != 1:
+        given = ", ".join(repr(d) for d in data) or "none"
+        raise CLIError(f"give exactly one model (--model NAME|PATH) and one data file (FILE or --data "
+                       f"FILE); data files given: {given}")
+    return model, data[0]
+
+
+def _load_predict_model(source: str, device: str) -> AtomsModel:
+    """A pretrained model by name, else the checkpoint or run folder at ``source``."""
+    from egnn import pretrained
     from egnn.atoms.model import load_model
+
+    if pretrained.is_valid_name(source) and source in pretrained.available():
+        return pretrained.load_pretrained(source, device=device)
+    try:
+        checkpoint_arg(source)
+    except argparse.ArgumentTypeError:
+        names = ", ".join(pretrained.available()) or "none shipped"
+        raise CLIError(f"no pretrained model {source!r} (available: {names}) and no run folder or "
+                       f"checkpoint at {source!r}") from None
+    return load_model(source, device=device)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
     from egnn.experiments.fit import train as ft
 
-    model = load_model(args.checkpoint, device=_device(args.device))
-    res = ft.predict_file(model, args.data, args.out, args.batch_size, forces=False if args.no_forces else None)
+    source, data = _predict_sources(args)
+    model = _load_predict_model(source, _device(args.device))
+    res = ft.predict_file(model, data, args.out, args.batch_size, forces=False if args.no_forces else None)
     print(json.dumps(res, indent=1))
     return 0
 
