@@ -14,7 +14,11 @@ residual and :math:`\sigma` its scale (the RMS force component when forces are f
 of the per-atom residual energy). ``readout="mean"`` averages the per-atom head instead. ``readout="mlp"`` is the
 paper's QM9 readout for properties that are not sums over atoms (HOMO, LUMO, gap, dipole moment): a node MLP, a sum
 over the atoms, then a graph MLP, :math:`y = \sigma\, \mathrm{MLP}_g(\sum_i \mathrm{MLP}_n(h_i)) + \mu` with the
-training set's mean and standard deviation (no reference energies).
+training set's mean and standard deviation (no reference energies). Two readouts build a molecular property from
+per-atom terms and the geometry, invariant by construction (as SchNetPack's dipole and spatial-extent outputs):
+``readout="dipole"``, the norm of the dipole of learnt charges made neutral per molecule,
+:math:`y = \sigma\,\|\sum_i (q_i - \bar q)(x_i - \bar x)\|`; and ``readout="spatial"``, an electronic spatial
+extent :math:`y = \sigma \sum_i (a_i \|x_i - \bar x\|^2 + b_i) + \mu` (:math:`\bar x`: the molecule's centroid).
 
 With a cut-off, each message is multiplied by the polynomial envelope :math:`u(d/R)` of DimeNet (Gasteiger et al.,
 2020), which goes to zero with its first and second derivatives at :math:`R`, and the edges also carry
@@ -45,7 +49,9 @@ ELEMENTS = (
 ).split()
 
 MODEL_KIND = "egnn-atoms"
-READOUTS = ("sum", "mean", "mlp")
+READOUTS = ("sum", "mean", "mlp", "dipole", "spatial")
+# per-atom head outputs of each readout ("mlp": hidden_nf features for the graph head)
+_HEAD_OUT = {"sum": 1, "mean": 1, "dipole": 1, "spatial": 2}
 
 
 def element_name(z: int) -> str:
@@ -92,7 +98,8 @@ class AtomsModelConfig:
         n_rbf: sine radial features per edge (with a cut-off).
         envelope_exponent: ``p`` of :func:`polynomial_envelope`.
         readout: ``"sum"`` (extensive, energies) or ``"mean"`` of the per-atom outputs, or ``"mlp"`` (node MLP,
-            sum, graph MLP: the paper's QM9 readout, for targets that are not sums over atoms).
+            sum, graph MLP: the paper's QM9 readout, for targets that are not sums over atoms), ``"dipole"`` or
+            ``"spatial"`` (see the module docstring).
         ref_energies: per-species reference energy (same order as ``species``).
         scale, shift: :math:`\\sigma`, :math:`\\mu` of the module docstring.
         target: key of the graph-level target; ``forces``: key of the forces (or ``None``).
@@ -175,7 +182,7 @@ class AtomsModel(nn.Module):
         self.act = make_activation(c.act)
         # per-atom head: to one number per atom, or (readout "mlp") to features summed and fed to the graph head
         self.head = nn.ModuleList([nn.Linear(c.hidden_nf, c.hidden_nf),
-                                   nn.Linear(c.hidden_nf, c.hidden_nf if c.readout == "mlp" else 1)])
+                                   nn.Linear(c.hidden_nf, _HEAD_OUT.get(c.readout, c.hidden_nf))])
         self.graph_head = (nn.ModuleList([nn.Linear(c.hidden_nf, c.hidden_nf), nn.Linear(c.hidden_nf, 1)])
                            if c.readout == "mlp" else None)
 
@@ -236,10 +243,10 @@ class AtomsModel(nn.Module):
 
     def atom_energies(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:
         """Per-atom contributions :math:`\\sigma \\epsilon_i + \\mu + E^{ref}_{Z_i}`, shape ``[N]`` (readouts
-        ``"sum"`` and ``"mean"``; ``"mlp"`` has no per-atom contributions)."""
+        ``"sum"`` and ``"mean"``; the others have no per-atom contributions)."""
         c = self.config
-        if c.readout == "mlp":
-            raise ValueError("readout 'mlp' has no per-atom contributions")
+        if c.readout not in ("sum", "mean"):
+            raise ValueError(f"readout {c.readout!r} has no per-atom contributions")
         out, idx = self._node_outputs(z, pos, edge_index, edge_shift)
         return c.scale * out.squeeze(-1) + c.shift + self.ref_energies.to(pos.dtype)[idx]
 
@@ -258,12 +265,30 @@ class AtomsModel(nn.Module):
             pooled = scatter_sum(out, batch, num_graphs)
             y = self.graph_head[1](self.act(self.graph_head[0](pooled))).squeeze(-1)
             return c.scale * y + c.shift
+        if c.readout in ("dipole", "spatial"):
+            return self._geometric_readout(z, pos, edge_index, edge_shift, batch, num_graphs)
         e = self.atom_energies(z, pos, edge_index, edge_shift)
         total = scatter_sum(e, batch, num_graphs)
         if c.readout == "mean":
             count = scatter_sum(torch.ones_like(e), batch, num_graphs)
             total = total / count.clamp_min(1)
         return total
+
+    def _geometric_readout(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None,
+                           batch: Tensor, num_graphs: int) -> Tensor:
+        """Readouts ``"dipole"`` and ``"spatial"``: per-atom terms combined with positions relative to the
+        centroid (complete molecules only: a periodic cell has no centroid)."""
+        c = self.config
+        out, _ = self._node_outputs(z, pos, edge_index, edge_shift)
+        count = scatter_sum(torch.ones_like(pos[:, 0]), batch, num_graphs).clamp_min(1)
+        rel = pos - (scatter_sum(pos, batch, num_graphs) / count.unsqueeze(-1)).index_select(0, batch)
+        if c.readout == "dipole":
+            q = out[:, 0]
+            q = q - (scatter_sum(q, batch, num_graphs) / count).index_select(0, batch)  # neutral molecules
+            mu = scatter_sum(q.unsqueeze(-1) * rel, batch, num_graphs)
+            return c.scale * torch.sqrt((mu * mu).sum(-1) + 1e-12) + c.shift
+        terms = out[:, 0] * (rel * rel).sum(-1) + out[:, 1]
+        return c.scale * scatter_sum(terms, batch, num_graphs) + c.shift
 
     def energy_and_forces(
         self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None,
@@ -366,7 +391,7 @@ def fit_statistics(data: Any, species: list[int] | None = None, reference: bool 
     else:
         ref = np.zeros(len(species))
     per_atom = (energy - counts @ ref) / n if readout == "sum" else energy - counts @ ref
-    shift = float(per_atom.mean())
+    shift = 0.0 if readout == "dipole" else float(per_atom.mean())  # a dipole norm has no offset
     if data.forces is not None and readout == "sum":
         scale = float(np.sqrt(np.mean(data.forces**2)))  # forces set the energy scale of an extensive model
     else:

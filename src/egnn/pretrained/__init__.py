@@ -38,7 +38,7 @@ INDEX = "index.json"
 SUFFIX = ".safetensors"
 ENV_DIR = "EGNN_PRETRAINED_DIR"
 PACKAGE_DIR = Path(__file__).resolve().parent
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # "qm9-U0": target names keep their case
 # a name ending like a checkpoint's own suffix would be stripped by egnn.checkpoint.checkpoint_path
 _RESERVED_ENDINGS = (".json", SUFFIX)
 _MAX_NAME = 100
@@ -58,7 +58,7 @@ def _folder(folder: str | os.PathLike | None) -> Path:
 
 
 def is_valid_name(name: Any) -> bool:
-    """Whether ``name`` can name a pretrained model (``[a-z0-9][a-z0-9_.-]*``, not ending in ``.json`` or
+    """Whether ``name`` can name a pretrained model (``[A-Za-z0-9][A-Za-z0-9_.-]*``, not ending in ``.json`` or
     ``.safetensors``, at most 100 characters)."""
     return (isinstance(name, str) and len(name) <= _MAX_NAME and NAME_PATTERN.fullmatch(name) is not None
             and not name.endswith(_RESERVED_ENDINGS))
@@ -193,7 +193,7 @@ def export_pretrained(model_or_checkpoint_path: AtomsModel | str | os.PathLike, 
     Args:
         model_or_checkpoint_path: an :class:`~egnn.atoms.model.AtomsModel` (not modified) or a checkpoint path
             / run folder accepted by :func:`~egnn.atoms.model.load_model`.
-        name: the model's name, ``[a-z0-9][a-z0-9_.-]*``.
+        name: the model's name, ``[A-Za-z0-9][A-Za-z0-9_.-]*``.
         card: free JSON about the model (target, unit, split, recipe, errors, command, commit ...).
         folder: where to write (default: see :func:`default_folder`); created if absent.
         overwrite: replace an existing entry or file of that name.

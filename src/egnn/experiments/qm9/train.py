@@ -57,7 +57,7 @@ PRESETS.add("paper", Preset(
 # A 4-layer, 64-wide model (same layout) over the full training set for 20 epochs: measured on 2 idle CPU cores,
 # 36.5 min of training and evaluation, homo test MAE 54.8 meV (README). Twice the paper's learning rate with a
 # short warm-up and weight averaging (EMA 0.999).
-PRESETS.add("quick", Preset(
+PRESETS.add("quick-paper-model", Preset(
     "2 CPU cores / ~40 min: 4 x 64, batch 32, 20 epochs, cosine, 2x lr, EMA 0.999",
     {"epochs": 20, "batch_size": 32, "weight_decay": 1e-16, "schedule": "cosine", "eval_every": 5,
      "checkpoint_every": 1, "warmup_steps": 300, "ema_decay": 0.999},
@@ -316,6 +316,8 @@ def evaluate_checkpoint(
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split must be train, valid or test, got {split!r}")
     dev = resolve_device(device)
+    if _is_atoms_model(checkpoint):
+        return _evaluate_atoms_checkpoint(checkpoint, data_dir, dev, target, split)
     model, meta = load_model(checkpoint, dev, target)
     splits = load_splits_for(data_dir, meta["target"], meta.get("max_train"))
     norm = Normalizer(**meta["normalizer"])
@@ -325,6 +327,34 @@ def evaluate_checkpoint(
             "best_epoch": meta.get("best", {}).get("epoch"), "paper_mae": PAPER_MAE[name],
             "preset": meta.get("preset"), "molecules": len(splits[split]),
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _is_atoms_model(checkpoint: str | Path) -> bool:
+    """Whether ``checkpoint`` (or a run folder's best) was trained on the atoms path (``--preset quick``)."""
+    from egnn.atoms.model import MODEL_KIND, resolve_checkpoint
+
+    try:
+        return read_checkpoint_info(resolve_checkpoint(checkpoint)).meta.get("kind") == MODEL_KIND
+    except CheckpointError:
+        return False  # the paper-model loader reports what is wrong with it
+
+
+def _evaluate_atoms_checkpoint(checkpoint: str | Path, data_dir: str | Path, device: torch.device,
+                               target: str | None, split: str) -> dict[str, Any]:
+    from egnn.atoms.model import load_model as load_atoms_model
+    from egnn.experiments.qm9.fit import evaluate_rows
+
+    model = load_atoms_model(checkpoint, device=device)
+    meta = model.meta  # type: ignore[attr-defined]
+    name = meta.get("target")
+    if name not in PAPER_MAE:
+        raise CheckpointError(f"{checkpoint} is an atoms model but not a QM9 one (target {name!r})")
+    if target is not None and name != check_target(target):
+        raise CheckpointError(f"{checkpoint} was trained for target {name!r}, not {target!r}")
+    mae, n = evaluate_rows(model, data_dir, split)
+    return {"target": name, "unit": _unit(name), f"{split}_mae": mae, "epoch": meta.get("epoch"),
+            "best_epoch": meta.get("best", {}).get("epoch"), "paper_mae": PAPER_MAE[name],
+            "preset": meta.get("preset"), "molecules": n, "parameters": sum(p.numel() for p in model.parameters())}
 
 
 # ------------------------------------------------------------------------------------------------ table

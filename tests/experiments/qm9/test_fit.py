@@ -1,0 +1,141 @@
+"""QM9 on the atoms path (``egnn qm9 train --preset quick``, ``egnn qm9 table``): data conversion, recipes, invariance
+on real molecules, a tiny run whose best checkpoint is an ordinary atoms model, and the resumable grid.
+
+Everything runs on a 300-molecule slice of the packaged data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from egnn.atoms.graphs import AtomsGraphs
+from egnn.experiments.qm9 import data as qm9
+from egnn.experiments.qm9 import fit as qf
+from egnn.experiments.qm9 import grid as qg
+from egnn.experiments.qm9.atoms import load_atoms_splits, split_rows, to_atoms
+from egnn.testing import assert_equivariant
+
+N_SLICE = 300
+TINY = {"hidden_nf": 16, "n_layers": 2}
+
+
+@pytest.fixture(scope="module")
+def slice_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if qm9.qm9pack_data_dir() is None:
+        pytest.skip("qm9pack is not installed")
+    out = tmp_path_factory.mktemp("qm9slice")
+    qm9.prepare(out, limit=N_SLICE, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_alpha(slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, qf.FitResult]:
+    """alpha (sum readout with per-element references) for 8 epochs of a tiny model on ~230 molecules."""
+    out = tmp_path_factory.mktemp("runs") / "alpha_tiny"
+    result = qf.train_target("alpha", "quick", out, data_dir=slice_dir, hparams=TINY, epochs=8, batch_size=16,
+                             eval_every=4, warmup_steps=10, progress=False, device="cpu")
+    return out, result
+
+
+def test_every_target_has_a_family_and_a_recipe() -> None:
+    assert sorted(qf.FAMILY_OF) == sorted(qm9.TARGET_NAMES)
+    quick = qf.PRESETS.get("quick")
+    for target in qm9.TARGET_NAMES:
+        opts = quick.model_options(target)
+        extensive = qf.FAMILY_OF[target] in ("energy", "extensive")
+        readout = {"mu": "dipole", "r2": "spatial"}.get(target, "sum" if extensive else "mlp")
+        assert opts["readout"] == readout and opts["reference"] == extensive
+        cfg = quick.train_config(target)
+        assert cfg.epochs == 16 and cfg.batch_size == 32 and cfg.max_minutes is None
+    with pytest.raises(ValueError, match="unknown QM9 target 'u0'"):
+        quick.recipe("u0")
+
+
+def test_conversion_keeps_molecules_and_targets(slice_dir: Path) -> None:
+    data = qm9.load(slice_dir, progress=False)
+    rows = split_rows(data, slice_dir)
+    assert sum(len(r) for r in rows.values()) == N_SLICE
+    atoms = to_atoms(data, rows["test"], "U0")
+    for k in (0, len(rows["test"]) - 1):
+        mol = data.molecule(int(rows["test"][k]))
+        fr = atoms.frame(k)
+        np.testing.assert_array_equal(fr["z"], mol.z)
+        np.testing.assert_allclose(fr["pos"], mol.pos)
+        assert fr["energy"][0] == pytest.approx(mol.target("U0"))
+    splits = load_atoms_splits(slice_dir, "homo", max_train=50)
+    assert len(splits["train"]) == 50 and len(splits["test"]) == len(rows["test"])
+
+
+@pytest.mark.parametrize("target", ["U0", "homo", "mu", "r2"])
+def test_qm9_atoms_model_is_invariant_on_real_molecules(slice_dir: Path, target: str) -> None:
+    splits = load_atoms_splits(slice_dir, target)
+    torch.manual_seed(0)
+    model = qf.build_model(splits["train"], {**qf.PRESETS.get("quick").model_options(target), **TINY}, target)
+    model = model.double()
+    b = AtomsGraphs(splits["valid"].subset(np.arange(5)), None, dtype=torch.float64).get(torch.arange(5))
+
+    def fn(h, pos, edge_index, batch):
+        return {"y": model(h[:, 0].long(), pos, edge_index, None, batch, 5)}
+
+    inputs = {"h": b.z.double().unsqueeze(-1), "pos": b.pos, "edge_index": b.edge_index, "batch": b.batch}
+    assert_equivariant(fn, inputs, {"y": "graph"}, trials=4)
+
+
+def test_tiny_run_is_an_ordinary_atoms_model(tiny_alpha: tuple[Path, qf.FitResult], slice_dir: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    import egnn
+    from egnn.experiments.cli import main
+
+    out, result = tiny_alpha
+    losses = [row["train_loss"] for row in result.history]
+    assert len(losses) == 8 and losses[-1] < 0.95 * losses[0]
+    model = egnn.load_model(out)
+    assert model.config.readout == "sum" and model.config.cutoff is None and model.config.target == "alpha"
+    assert model.config.species == [1, 6, 7, 8, 9] and any(model.config.ref_energies)
+    assert model.meta["target"] == "alpha" and model.meta["unit"] == "bohr^3"
+    mae, n = qf.evaluate_rows(model, slice_dir, "test")
+    assert mae == pytest.approx(result.test_at_best, rel=1e-4)
+    # the network learnt something beyond the least-squares per-element references
+    with torch.no_grad():
+        model.head[1].weight.zero_()
+        model.head[1].bias.zero_()
+    assert mae < 0.9 * qf.evaluate_rows(model, slice_dir, "test")[0]
+    assert main(["qm9", "eval", str(out), "--data", str(slice_dir), "--device", "cpu", "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["target"] == "alpha" and res["molecules"] == n and res["test_mae"] == pytest.approx(mae, rel=1e-6)
+    assert main(["qm9", "eval", str(out), "--target", "homo", "--data", str(slice_dir)]) == 2
+    assert "trained for target 'alpha', not 'homo'" in capsys.readouterr().err
+
+
+def test_grid_trains_what_is_missing_resumes_and_writes_the_table(slice_dir: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from egnn.experiments.cli import main
+
+    grid = tmp_path / "grid"
+    # an unfinished run: one epoch of the 16 (the grid resumes it with the preset's settings)
+    qf.train_target("homo", "quick", grid / "homo", data_dir=slice_dir, epochs=1, progress=False, device="cpu")
+    assert not qg.run_state(grid / "homo", "homo", 16).finished
+    argv = ["qm9", "table", "--grid", str(grid), "--data", str(slice_dir), "--targets", "alpha,homo", "--jobs", "2"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "training 2 of 2 targets" in captured.err
+    assert "--resume" in (grid / "homo.log").read_text() and "--resume" not in (grid / "alpha.log").read_text()
+    rows = list(csv.DictReader(open(grid / "table.csv")))
+    assert [r["target"] for r in rows] == ["alpha", "homo"]
+    for r in rows:
+        state = qg.run_state(grid / r["target"], r["target"], 16)
+        assert state.finished and r["epochs"] == "16" and float(r["ours"]) == pytest.approx(state.test_mae)
+        assert float(r["ratio"]) == pytest.approx(state.test_mae / qf.PAPER_MAE[r["target"]])
+        assert r["command"].startswith("egnn qm9 train --target " + r["target"])
+    assert (grid / "table.md").read_text().strip() == captured.out.strip()
+    assert "| alpha | bohr^3 |" in captured.out and "arXiv:2102.09844" in captured.out
+    # everything finished: the same command trains nothing and prints the same numbers
+    assert main(argv) == 0
+    again = capsys.readouterr()
+    assert "training" not in again.err and list(csv.DictReader(open(grid / "table.csv"))) == rows
