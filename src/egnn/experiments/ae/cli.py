@@ -80,7 +80,9 @@ def _table(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/ae_table_{args.preset}")
     runs = run_table(out, preset=args.preset, models=models, datasets=datasets, device=args.device,
                      progress=not args.no_progress)
-    text = format_table(runs, args.preset)
+    from egnn.experiments.run import code_version
+
+    text = format_table(runs, args.preset) + f"\n\nPrinted by {code_version()}."
     atomic_write(out / "table.md", text + "\n")
     print(text)
     return 0

@@ -27,7 +27,7 @@ DEFAULT_OUT = "data/qm9"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the QM9 actions to ``egnn qm9``."""
-    for add in (_add_prepare, _add_train, _add_eval, _add_table, _add_export):
+    for add in (_add_prepare, _add_train, _add_eval, _add_table, _add_ship, _add_export):
         add(subparsers)
 
 
@@ -215,6 +215,48 @@ def _run_table(args: argparse.Namespace) -> int:
     atomic_write(grid / "table.md", text + "\n")
     atomic_write(grid / "table.csv", qg.render_csv(rows))
     print(text)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- ship
+
+
+def _add_ship(subparsers: argparse._SubParsersAction) -> None:
+    from egnn.experiments.qm9 import fit as qf
+
+    p = add_command(
+        subparsers, "ship", _run_ship, "export the finished grid targets as pretrained models qm9-<target>",
+        description="For every finished target of the grid: its best checkpoint becomes the pretrained model "
+        "qm9-<target> (egnn.load_pretrained, egnn predict --model) with a card: split, recipe, test MAE, the MAE "
+        "on the first 500 test molecules (checked by the test suite), the command that retrains it and the code "
+        "that trained it. Existing entries are kept unless --overwrite.")
+    p.add_argument("--preset", default="quick", choices=qf.PRESETS.names(), help="recipe (default: quick)")
+    p.add_argument("--grid", default=None, help="grid folder (default: runs/qm9_table_<preset>)")
+    p.add_argument("--data", default=DEFAULT_OUT, help=f"folder of the prepared cache (default: {DEFAULT_OUT})")
+    p.add_argument("--targets", default=None, metavar="A,B,...", help="only these targets (default: all finished)")
+    p.add_argument("--folder", default=None, help="models folder (default: the package's, or $EGNN_PRETRAINED_DIR)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing entries of the same name")
+
+
+def _run_ship(args: argparse.Namespace) -> int:
+    import json
+
+    from egnn.experiments.qm9 import grid as qg
+    from egnn.experiments.qm9 import ship
+    from egnn.experiments.qm9.data import TARGET_NAMES
+
+    grid = Path(args.grid or f"runs/qm9_table_{args.preset}")
+    if not grid.is_dir():
+        raise CLIError(f"grid folder {str(grid)!r} does not exist")
+    names = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    if names is None:
+        planned = qg.planned_epochs(args.preset, list(TARGET_NAMES))
+        names = [t for t in TARGET_NAMES if qg.run_state(grid / t, t, planned[t]).finished]
+        if not names:
+            raise CLIError(f"{grid}: no finished target to ship")
+    for target in names:
+        card = ship.ship_target(grid, target, args.preset, args.data, folder=args.folder, overwrite=args.overwrite)
+        print(json.dumps({ship.pretrained_name(target): card}, indent=1))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""QM9 on the generic atoms path: the model of ``egnn fit`` (:class:`~egnn.atoms.model.AtomsModel`, complete graphs),
+"""QM9 on the generic atoms path: the model of ``egnn fit`` (:class:`~egnn.atoms.model.AtomsModel`),
 the shared run layer, and one CPU recipe per target family.
 
 Families (the readout follows the physics of the target):
@@ -13,7 +13,12 @@ Families (the readout follows the physics of the target):
 * ``r2`` (electronic spatial extent): learnt per-atom weights of the squared distances to the centroid (readout
   ``spatial``).
 
-Loss: L1 per molecule in units of the model's scale :math:`\\sigma` (the paper's QM9 loss); model selection on the
+Graphs: all pairs within 5 Angstrom (4 layers see 20 Angstrom, more than any QM9 molecule) with 16 sine radial
+features and the smooth envelope of :class:`~egnn.atoms.model.AtomsModel`: on U0 (30,000 molecules, 2,400 steps,
+MSE) the MAE fell from 823 to 248 meV, against 857 to 327 meV with complete graphs and only ``||x_i - x_j||^2``.
+
+Loss: per molecule in units of the model's scale :math:`\\sigma`, L1 (the paper's QM9 loss) or, for the sum readouts,
+MSE (L1's sign gradients left U0 on the least-squares residual for ~1200 steps); model selection on the
 validation MAE in the paper's unit; the reported figure is the test MAE at the best validation epoch, as in the
 paper (arXiv:2102.09844, Section 5.3).
 """
@@ -55,6 +60,7 @@ class FamilyRecipe:
     readout: str
     reference: bool
     lr: float
+    loss: str = "l1"  # "l1" (the paper's) or "mse"; both per molecule in units of the model's scale
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -77,21 +83,23 @@ class AtomsPreset:
     def model_options(self, target: str) -> dict[str, Any]:
         fam = self.recipe(target)
         return {"hidden_nf": 64, "n_layers": 4, "attention": True, "node_attr": True, "act": "silu",
-                **fam.model, "readout": fam.readout, "reference": fam.reference}
+                "cutoff": 5.0, "n_rbf": 16, **fam.model, "readout": fam.readout, "reference": fam.reference}
 
 
 PRESETS: Registry[AtomsPreset] = Registry("QM9 atoms-path preset")
 # One target per process at 1 thread, two processes side by side on 2 cores: <= 60 min of training each.
 _QUICK_TRAIN = {"epochs": 16, "batch_size": 32, "weight_decay": 0.0, "schedule": "cosine", "final_lr_ratio": 0.01,
-                "warmup_steps": 300, "ema_decay": 0.999, "eval_every": 4, "checkpoint_every": 1,
-                "eval_batch_size": 256}
+                "warmup_steps": 300, "ema_decay": 0.999, "grad_clip": 10.0, "eval_every": 4,
+                "checkpoint_every": 1, "eval_batch_size": 256}
 PRESETS.add("quick", AtomsPreset(
     "2 CPU cores, two targets at a time at 1 thread each, <= 60 min per target: 4 x 64 atoms model, batch 32, "
     "16 epochs, cosine, EMA 0.999",
     Preset("QM9 quick (atoms path)", _QUICK_TRAIN, LRRule()),
     {
-        "energy": FamilyRecipe("sum", True, 2e-3),
-        "extensive": FamilyRecipe("sum", True, 2e-3),
+        # L1 sat on the least-squares residual (867 meV for U0) for ~1200 steps before it moved; MSE moved at once
+        # (benchmarks note in the README)
+        "energy": FamilyRecipe("sum", True, 1e-3, loss="mse"),
+        "extensive": FamilyRecipe("sum", True, 1e-3, loss="mse"),
         "electronic": FamilyRecipe("mlp", False, 2e-3),
         "dipole": FamilyRecipe("dipole", False, 2e-3),
         "r2": FamilyRecipe("spatial", False, 2e-3),
@@ -112,16 +120,23 @@ def unit(target: str) -> str:
 # ---------------------------------------------------------------------------------------------- the task
 
 
-def make_task(graphs: dict[str, AtomsGraphs], scale: float) -> Task:
-    """L1 per molecule in units of ``scale`` (training); absolute error in the paper's unit (metric: MAE)."""
+LOSSES = ("l1", "mse")
+
+
+def make_task(graphs: dict[str, AtomsGraphs], scale: float, loss_kind: str = "l1") -> Task:
+    """L1 or MSE per molecule in units of ``scale`` (training); absolute error in the paper's unit (metric: MAE)."""
+    if loss_kind not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss_kind!r}")
+    squared = loss_kind == "mse"
 
     def loss(model: nn.Module, b: AtomsBatch) -> Tensor:
-        pred = model(b.z, b.pos, b.edge_index, None, b.batch, b.num_graphs)
+        pred = model(b.z, b.pos, b.edge_index, None, b.batch, b.num_graphs)  # molecules: no image shifts
         assert b.energy is not None
-        return (pred - b.energy).abs().mean() / scale
+        err = (pred - b.energy) / scale
+        return err.square().mean() if squared else err.abs().mean()
 
     def metric(model: nn.Module, b: AtomsBatch) -> tuple[Tensor, int]:
-        pred = model(b.z, b.pos, b.edge_index, None, b.batch, b.num_graphs)
+        pred = model(b.z, b.pos, b.edge_index, None, b.batch, b.num_graphs)  # molecules: no image shifts
         assert b.energy is not None
         return (pred.double() - b.energy.double()).abs().sum(), b.num_graphs
 
@@ -134,7 +149,7 @@ def build_model(train: AtomsData, options: dict[str, Any], target: str) -> Atoms
     readout, reference = opts.pop("readout"), opts.pop("reference")
     # always the five QM9 elements, so that a model trained on a subset still reads every QM9 molecule
     stats = fit_statistics(train, species=list(qm9.SPECIES), reference=reference, readout=readout)
-    return AtomsModel(AtomsModelConfig(**stats, cutoff=None, readout=readout, target=target, forces=None, **opts))
+    return AtomsModel(AtomsModelConfig(**stats, readout=readout, target=target, forces=None, **opts))
 
 
 def train_target(
@@ -162,11 +177,13 @@ def train_target(
     splits = load_atoms_splits(data_dir, target, max_train)
     torch.manual_seed(cfg.seed)
     model = build_model(splits["train"], options, target)
-    graphs = {name: AtomsGraphs(d, None, dtype=torch.float32) for name, d in splits.items()}
+    graphs = {name: AtomsGraphs(d, model.config.cutoff, dtype=torch.float32) for name, d in splits.items()}
     identity = {"experiment": "qm9", "path": "atoms", "target": target, "preset": preset, "hparams": options,
+                "loss": p.recipe(target).loss,
                 "max_train": max_train, "n_train": len(splits["train"]), "data": _data_fingerprint(data_dir)}
     meta = {"kind": MODEL_KIND, "model": model.config.to_dict(), "unit": unit(target)}
-    result, trainer = train_run(model, make_task(graphs, model.config.scale), cfg, out, identity, resume, meta)
+    task = make_task(graphs, model.config.scale, p.recipe(target).loss)
+    result, trainer = train_run(model, task, cfg, out, identity, resume, meta)
     if trainer.rank == 0:
         paper = PAPER_MAE[target]
         plot_training_curve(out / "log.csv", out / "training_curve.png", metric=f"{target} MAE ({unit(target)})",
