@@ -342,7 +342,7 @@ def _is_atoms_model(checkpoint: str | Path) -> bool:
 def _evaluate_atoms_checkpoint(checkpoint: str | Path, data_dir: str | Path, device: torch.device,
                                target: str | None, split: str) -> dict[str, Any]:
     from egnn.atoms.model import load_model as load_atoms_model
-    from egnn.experiments.qm9.fit import evaluate_rows
+    from egnn.experiments.qm9.atoms import split_rows, to_atoms
 
     model = load_atoms_model(checkpoint, device=device)
     meta = model.meta  # type: ignore[attr-defined]
@@ -351,7 +351,11 @@ def _evaluate_atoms_checkpoint(checkpoint: str | Path, data_dir: str | Path, dev
         raise CheckpointError(f"{checkpoint} is an atoms model but not a QM9 one (target {name!r})")
     if target is not None and name != check_target(target):
         raise CheckpointError(f"{checkpoint} was trained for target {name!r}, not {target!r}")
-    mae, n = evaluate_rows(model, data_dir, split)
+    data = qm9.load(data_dir, progress=False)
+    atoms = to_atoms(data, split_rows(data, data_dir)[split], name)
+    pred = model.predict(atoms, forces=False, batch_size=256)["energy"]
+    assert atoms.energy is not None
+    mae, n = float(np.abs(pred - atoms.energy).mean()), len(atoms)
     return {"target": name, "unit": _unit(name), f"{split}_mae": mae, "epoch": meta.get("epoch"),
             "best_epoch": meta.get("best", {}).get("epoch"), "paper_mae": PAPER_MAE[name],
             "preset": meta.get("preset"), "molecules": n, "parameters": sum(p.numel() for p in model.parameters())}
