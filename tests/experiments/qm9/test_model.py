@@ -19,17 +19,8 @@ from egnn.experiments.qm9.model import PAPER_HPARAMS, build_model, predict
 from egnn.testing import assert_equivariant
 
 needs_qm9pack = pytest.mark.skipif(qm9.qm9pack_data_dir() is None, reason="qm9pack is not installed")
-N_SLICE = 300
+N_SLICE = 300  # the slice of conftest.slice_dir
 TINY = {"hidden_nf": 16, "n_layers": 2}
-
-
-@pytest.fixture(scope="module")
-def slice_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if qm9.qm9pack_data_dir() is None:
-        pytest.skip("qm9pack is not installed")
-    out = tmp_path_factory.mktemp("qm9slice")
-    qm9.prepare(out, limit=N_SLICE, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
