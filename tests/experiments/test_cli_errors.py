@@ -175,6 +175,14 @@ def test_the_reported_mistakes(argv, tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_stray_argument_is_named_once(tmp_path, monkeypatch, capsys):
+    # the top-level parser reports it: "egnn: error: unrecognized arguments: r2", not "egnn: error: egnn: ..."
+    monkeypatch.chdir(tmp_path)
+    msg = _error(["qm9", "table", "--targets", "U0", "r2"], capsys)
+    assert msg.startswith("egnn: error: unrecognized arguments: r2"), msg
+    assert "egnn: egnn" not in msg
+
+
 def test_out_that_is_a_file_and_generate_never_overwrites(nbody_data, tmp_path, capsys):
     (tmp_path / "file").write_text("mine")
     assert "not a folder" in _error(["nbody", "train", "--data", str(nbody_data), "--out", str(tmp_path / "file")],

@@ -28,7 +28,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """``argparse`` with a one-line error (``egnn: error: <command>: <message>``) and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"egnn: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        where = "" if self.prog == "egnn" else f"{self.prog}: "  # the top-level parser: no "egnn: egnn:"
+        print(f"egnn: error: {where}{message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -203,7 +203,7 @@ def _run_table(args: argparse.Namespace) -> int:
 
         names = targets or list(TARGET_NAMES)
         planned = qg.planned_epochs(args.preset, names)
-        states = [qg.run_state(grid / t, t, planned[t]) for t in names]
+        states = qg.grid_states(grid, names, planned)
     else:
         from egnn.experiments.qm9 import data as qm9
 

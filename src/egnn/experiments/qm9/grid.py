@@ -2,7 +2,10 @@
 
 The grid is a folder with one run folder per target (``GRID/<target>``) and one log per target
 (``GRID/<target>.log``). A finished run is kept; an unfinished one is resumed from its last checkpoint (the run layer
-refuses to resume a run with other settings); a missing one is started. Each run is a separate
+refuses to resume a run with other settings); a missing one is started. A finished run also gets a small record,
+``GRID/<target>/result.json`` (test MAE, epochs, minutes, the code that trained it), which is all the table needs:
+the checkpoints can be left out of a copy of the grid (as in ``benchmarks/results/qm9_table_quick``) and the grid
+still counts the target as done. Each run is a separate
 ``egnn qm9 train`` process at one thread, ``jobs`` at a time, so a crash or a kill loses at most the epoch in
 progress, and the whole grid resumes by running the same command again.
 """
@@ -24,6 +27,7 @@ from egnn.checkpoint import CheckpointError, read_checkpoint_info
 from egnn.experiments.qm9 import data as qm9
 from egnn.experiments.qm9.fit import PRESETS, check_target, unit
 from egnn.experiments.qm9.train import PAPER_MAE
+from egnn.experiments.run import RESULT_FILE, RUN_FILE, read_json, write_json
 
 PAPER_SOURCE = "EGNN column of Table 3, Satorras, Hoogeboom & Welling, arXiv:2102.09844 (ICML 2021)"
 
@@ -39,6 +43,7 @@ class RunState:
     test_mae: float | None  # at the best validation epoch
     best_epoch: int | None
     minutes: float | None  # training wall time (evaluations included)
+    code: str | None = None  # the code that trained it (run.json)
 
     @property
     def finished(self) -> bool:
@@ -46,17 +51,47 @@ class RunState:
 
 
 def run_state(folder: Path, target: str, planned: int | None = None) -> RunState:
-    """Read a target's run folder (checkpoint headers only); ``planned``: the recipe's epochs (default: the
-    run's own)."""
+    """Where ``target``'s run in ``folder`` stands: from its finished record if there is one, else from the last
+    checkpoint's header; ``planned``: the recipe's epochs (default: the run's own)."""
+    code = _training_code(folder)
+    record = read_json(folder / RESULT_FILE)
+    if isinstance(record, dict) and record.get("target") == target:
+        return RunState(target, folder, record["epoch"], planned if planned is not None else record["epochs"],
+                        record["test_mae"], record["best_epoch"], record["minutes"], record.get("code", code))
     try:
         last = read_checkpoint_info(folder / "last").meta
     except CheckpointError:
-        return RunState(target, folder, None, planned, None, None, None)
+        return RunState(target, folder, None, planned, None, None, None, code)
     best = last.get("best") or {}
     epochs = planned if planned is not None else (last.get("train_config") or {}).get("epochs")
     seconds = last.get("train_seconds")
     return RunState(target, folder, last.get("epoch"), epochs, best.get("test"), best.get("epoch"),
-                    None if seconds is None else seconds / 60)
+                    None if seconds is None else seconds / 60, code)
+
+
+def _training_code(folder: Path) -> str | None:
+    try:
+        run = read_json(folder / RUN_FILE)
+    except ValueError:
+        return None
+    return run.get("code") if isinstance(run, dict) else None
+
+
+def record_finished(state: RunState) -> None:
+    """Write ``result.json`` for a finished run that has none (the record the table reads without checkpoints)."""
+    path = state.folder / RESULT_FILE
+    if state.finished and not path.exists():
+        write_json(path, {"target": state.target, "epoch": state.epoch, "epochs": state.epochs,
+                          "test_mae": state.test_mae, "best_epoch": state.best_epoch, "minutes": state.minutes,
+                          "code": state.code})
+
+
+def grid_states(grid: Path, targets: list[str], planned: dict[str, int]) -> list[RunState]:
+    """Every target's state; finished runs without a record get one."""
+    states = [run_state(grid / t, t, planned[t]) for t in targets]
+    for s in states:
+        record_finished(s)
+    return states
 
 
 def train_command(target: str, preset: str, folder: Path, data_dir: str | Path, threads: int = 1) -> list[str]:
@@ -83,7 +118,7 @@ def run_grid(
     targets = [check_target(t) for t in (targets or list(qm9.TARGET_NAMES))]
     grid.mkdir(parents=True, exist_ok=True)
     planned = planned_epochs(preset, targets)
-    todo = [t for t in targets if not run_state(grid / t, t, planned[t]).finished]
+    todo = [s.target for s in grid_states(grid, targets, planned) if not s.finished]
     if todo:
         say(f"qm9 table: training {len(todo)} of {len(targets)} targets ({', '.join(todo)}), {jobs} at a time; "
             f"logs in {grid}/<target>.log")
@@ -100,6 +135,8 @@ def run_grid(
             argv = [sys.executable, "-m", "egnn.experiments.cli", *cmd[1:]]
             code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT).returncode
         state = run_state(folder, target, planned[target])
+        if code == 0:
+            record_finished(state)
         say(f"  done  {target}: exit {code}, epoch {state.epoch}/{state.epochs}, test MAE {state.test_mae}")
         return target, code
 
@@ -110,7 +147,7 @@ def run_grid(
                 failed.append(f"{target} (exit {code}, see {grid / (target + '.log')})")
     if failed:
         raise RuntimeError(f"training failed for {', '.join(failed)}")
-    return [run_state(grid / t, t, planned[t]) for t in targets]
+    return grid_states(grid, targets, planned)
 
 
 def planned_epochs(preset: str, targets: list[str]) -> dict[str, int]:
@@ -128,7 +165,7 @@ def table_rows(states: list[RunState], preset: str, data_dir: str | Path) -> lis
             "ours": s.test_mae, "paper": paper,
             "ratio": None if s.test_mae is None else s.test_mae / paper,
             "epochs": s.epoch, "epochs_planned": s.epochs, "best_epoch": s.best_epoch,
-            "minutes": s.minutes, "finished": s.finished,
+            "minutes": s.minutes, "finished": s.finished, "trained_with": s.code,
             "command": shlex.join(train_command(s.target, preset, s.folder, data_dir)),
         })
     return rows
@@ -151,6 +188,12 @@ def render_markdown(rows: list[dict[str, Any]], code: str) -> str:
     if done:
         lines.append(f"{len(done)} of {len(rows)} targets finished; worst ratio {max(done):.2f}, "
                      f"targets within 3x: {sum(x <= 3 for x in done)}, within 2x: {sum(x <= 2 for x in done)}.")
+    trained: dict[str, list[str]] = {}
+    for r in rows:
+        if r["epochs"] is not None:
+            trained.setdefault(r["trained_with"] or "unknown code", []).append(r["target"])
+    if trained:
+        lines.append("Trained with: " + "; ".join(f"{c} ({', '.join(ts)})" for c, ts in trained.items()) + ".")
     lines.append(f"Paper: {PAPER_SOURCE}; test MAE at the best validation epoch, 100k training molecules, "
                  "1000 epochs. Ours: the same split and metric. Printed by " + code + ".")
     return "\n".join(lines)
