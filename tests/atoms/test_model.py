@@ -19,7 +19,9 @@ from egnn.testing import assert_equivariant, random_orthogonal
 
 def tiny_model(dtype=torch.float64, cutoff=3.5, seed=0, **kw):
     torch.manual_seed(seed)
-    refs = [-0.5, -2.0, -3.0] if kw.get("readout", "sum") == "sum" else []
+    refs = [-0.5, -2.0, -3.0] if kw.get("readout", "sum") in ("sum", "spatial") else []
+    if kw.get("readout") == "spatial":
+        kw.setdefault("ref_spatial", [0.4, 1.1, 2.0])
     cfg = AtomsModelConfig(species=[1, 8, 29], cutoff=cutoff, hidden_nf=8, n_layers=2, n_rbf=4,
                            ref_energies=refs, scale=0.7, shift=0.1, **kw)
     model = AtomsModel(cfg).to(dtype)
@@ -203,9 +205,57 @@ def test_mlp_readout_applies_the_graph_head_to_the_summed_node_features():
         model.atom_energies(b.z, b.pos, b.edge_index, b.edge_shift)
 
 
+def molecules(n_frames=6, seed=0, species=(1, 8, 29)):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(2, 9, n_frames)
+    z = rng.choice(list(species), int(sizes.sum()))
+    return AtomsData(z=z, pos=rng.normal(size=(len(z), 3)) * 1.5, offsets=np.concatenate([[0], np.cumsum(sizes)]),
+                     cell=np.zeros((n_frames, 3, 3)), pbc=np.zeros((n_frames, 3), bool),
+                     energy=rng.normal(size=n_frames))
+
+
+@pytest.mark.parametrize("readout", ["dipole", "spatial"])
+def test_batched_equals_one_molecule_at_a_time(readout):
+    model = tiny_model(cutoff=None, readout=readout)
+    data = molecules(5, seed=4)
+    whole = model.predict(data, forces=True, batch_size=5)
+    single = [model.predict(data.subset([i]), forces=True) for i in range(5)]
+    np.testing.assert_allclose(whole["energy"], [s["energy"][0] for s in single], atol=1e-12)
+    np.testing.assert_allclose(whole["forces"], np.concatenate([s["forces"] for s in single]), atol=1e-12)
+
+
+def test_spatial_readout_fits_per_element_coefficients_about_the_charge_centre():
+    data = molecules(40, seed=5)
+    alpha, beta = {1: 3.6, 8: 28.6, 29: 100.0}, {1: 3.5, 8: 10.4, 29: -2.0}
+    frame = np.repeat(np.arange(len(data)), data.n_atoms)
+    w = data.z.astype(float)
+    centre = np.stack([np.bincount(frame, w * data.pos[:, k]) for k in range(3)], 1) / np.bincount(frame, w)[:, None]
+    r2 = ((data.pos - centre[frame]) ** 2).sum(1)
+    data.energy = np.bincount(frame, [alpha[v] * d + beta[v] for v, d in zip(data.z, r2)])
+    stats = fit_statistics(data, readout="spatial")
+    np.testing.assert_allclose(stats["ref_spatial"], [alpha[v] for v in (1, 8, 29)], rtol=1e-9)
+    np.testing.assert_allclose(stats["ref_energies"], [beta[v] for v in (1, 8, 29)], atol=1e-7)
+    assert stats["shift"] == 0.0
+    model = AtomsModel(AtomsModelConfig(**stats, cutoff=None, hidden_nf=8, n_layers=1, readout="spatial")).double()
+    with torch.no_grad():  # no network correction: the prediction is the least-squares baseline
+        model.head[1].weight.zero_()
+        model.head[1].bias.zero_()
+    np.testing.assert_allclose(model.predict(data)["energy"], data.energy, rtol=1e-9)
+    # about the centroid the same coefficients do not reproduce the targets (the centre matters)
+    unweighted = np.stack([np.bincount(frame, data.pos[:, k]) for k in range(3)], 1) / data.n_atoms[:, None]
+    r2c = ((data.pos - unweighted[frame]) ** 2).sum(1)
+    assert np.abs(np.bincount(frame, [alpha[v] * d + beta[v] for v, d in zip(data.z, r2c)]) - data.energy).max() > 1
+    with pytest.raises(ValueError, match="need the readout 'spatial'"):
+        AtomsModelConfig(species=[1, 8], readout="sum", ref_spatial=[1.0, 2.0])
+    with pytest.raises(ValueError, match="2 spatial coefficients for 3 species"):
+        AtomsModelConfig(species=[1, 8, 9], readout="spatial", ref_spatial=[1.0, 2.0])
+
+
 def test_reference_energies_need_the_sum_readout():
     with pytest.raises(ValueError, match="readout 'sum'"):
         AtomsModelConfig(species=[1, 8], readout="mlp", ref_energies=[1.0, 2.0])
+    with pytest.raises(ValueError, match="readout 'sum'"):
+        AtomsModelConfig(species=[1, 8], readout="dipole", ref_energies=[1.0, 2.0])
     with pytest.raises(ValueError, match="readout must be one of"):
         AtomsModelConfig(species=[1, 8], readout="max")
     stats = fit_statistics(periodic_data(4), readout="mlp")

@@ -18,7 +18,12 @@ training set's mean and standard deviation (no reference energies). Two readouts
 per-atom terms and the geometry, invariant by construction (as SchNetPack's dipole and spatial-extent outputs):
 ``readout="dipole"``, the norm of the dipole of learnt charges made neutral per molecule,
 :math:`y = \sigma\,\|\sum_i (q_i - \bar q)(x_i - \bar x)\|`; and ``readout="spatial"``, an electronic spatial
-extent :math:`y = \sigma \sum_i (a_i \|x_i - \bar x\|^2 + b_i) + \mu` (:math:`\bar x`: the molecule's centroid).
+extent :math:`y = \sum_i \big((\alpha_{Z_i} + \sigma a_i) \|x_i - x_c\|^2 + \beta_{Z_i} + \sigma b_i\big) + \mu`
+about the centre of nuclear charge :math:`x_c = \sum_i Z_i x_i / \sum_i Z_i`, with per-element coefficients
+:math:`\alpha, \beta` fitted by least squares on the training set (:func:`fit_statistics`), so the network learns the
+correction. On QM9's :math:`\langle R^2 \rangle` this baseline alone has a test MAE of 2.4 bohr^2 about the charge
+centre against 15.6 bohr^2 about the centroid (:math:`\alpha_Z` comes out close to :math:`Z` in bohr^2 per
+Angstrom^2: each atom's electrons sit near it).
 
 With a cut-off, each message is multiplied by the polynomial envelope :math:`u(d/R)` of DimeNet (Gasteiger et al.,
 2020), which goes to zero with its first and second derivatives at :math:`R`, and the edges also carry
@@ -100,7 +105,10 @@ class AtomsModelConfig:
         readout: ``"sum"`` (extensive, energies) or ``"mean"`` of the per-atom outputs, or ``"mlp"`` (node MLP,
             sum, graph MLP: the paper's QM9 readout, for targets that are not sums over atoms), ``"dipole"`` or
             ``"spatial"`` (see the module docstring).
-        ref_energies: per-species reference energy (same order as ``species``).
+        ref_energies: per-species reference energy (same order as ``species``); readout ``"spatial"``: the
+            per-species constant :math:`\\beta_Z`.
+        ref_spatial: readout ``"spatial"`` only: the per-species coefficient :math:`\\alpha_Z` of
+            :math:`\\|x_i - x_c\\|^2` (empty: zeros).
         scale, shift: :math:`\\sigma`, :math:`\\mu` of the module docstring.
         target: key of the graph-level target; ``forces``: key of the forces (or ``None``).
     """
@@ -117,6 +125,7 @@ class AtomsModelConfig:
     act: str = "silu"
     readout: str = "sum"
     ref_energies: list[float] = field(default_factory=list)
+    ref_spatial: list[float] = field(default_factory=list)
     scale: float = 1.0
     shift: float = 0.0
     target: str = "energy"
@@ -135,8 +144,13 @@ class AtomsModelConfig:
             raise ValueError(f"cutoff must be positive or None, got {self.cutoff}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
-        if self.readout != "sum" and any(self.ref_energies):
-            raise ValueError("reference energies need the extensive readout 'sum'")
+        if self.readout not in ("sum", "spatial") and any(self.ref_energies):
+            raise ValueError("reference energies need the extensive readout 'sum' (or 'spatial')")
+        self.ref_spatial = [float(v) for v in self.ref_spatial] or [0.0] * len(self.species)
+        if len(self.ref_spatial) != len(self.species):
+            raise ValueError(f"{len(self.ref_spatial)} spatial coefficients for {len(self.species)} species")
+        if self.readout != "spatial" and any(self.ref_spatial):
+            raise ValueError("spatial coefficients need the readout 'spatial'")
         if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.shift)):
             raise ValueError(f"scale must be positive and finite, shift finite; got {self.scale}, {self.shift}")
 
@@ -171,6 +185,7 @@ class AtomsModel(nn.Module):
         table[c.species] = torch.arange(s)
         self.register_buffer("species_table", table, persistent=False)
         self.register_buffer("ref_energies", torch.tensor(c.ref_energies, dtype=torch.float64), persistent=False)
+        self.register_buffer("ref_spatial", torch.tensor(c.ref_spatial, dtype=torch.float64), persistent=False)
         self.n_rbf = c.n_rbf if c.cutoff is not None else 0
         self.embedding = nn.Linear(s, c.hidden_nf)
         self.layers = nn.ModuleList(
@@ -276,19 +291,22 @@ class AtomsModel(nn.Module):
 
     def _geometric_readout(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None,
                            batch: Tensor, num_graphs: int) -> Tensor:
-        """Readouts ``"dipole"`` and ``"spatial"``: per-atom terms combined with positions relative to the
-        centroid (complete molecules only: a periodic cell has no centroid)."""
+        """Readouts ``"dipole"`` and ``"spatial"``: per-atom terms combined with positions relative to a centre of
+        the molecule (complete molecules only: a periodic cell has no centre)."""
         c = self.config
-        out, _ = self._node_outputs(z, pos, edge_index, edge_shift)
+        out, idx = self._node_outputs(z, pos, edge_index, edge_shift)
         count = scatter_sum(torch.ones_like(pos[:, 0]), batch, num_graphs).clamp_min(1)
-        rel = pos - (scatter_sum(pos, batch, num_graphs) / count.unsqueeze(-1)).index_select(0, batch)
-        if c.readout == "dipole":
+        if c.readout == "dipole":  # the dipole of neutral charges does not depend on the centre: the centroid
+            rel = pos - (scatter_sum(pos, batch, num_graphs) / count.unsqueeze(-1)).index_select(0, batch)
             q = out[:, 0]
             q = q - (scatter_sum(q, batch, num_graphs) / count).index_select(0, batch)  # neutral molecules
             mu = scatter_sum(q.unsqueeze(-1) * rel, batch, num_graphs)
             return c.scale * torch.sqrt((mu * mu).sum(-1) + 1e-12) + c.shift
-        terms = out[:, 0] * (rel * rel).sum(-1) + out[:, 1]
-        return c.scale * scatter_sum(terms, batch, num_graphs) + c.shift
+        r2 = (pos - charge_centre(z, pos, batch, num_graphs).index_select(0, batch)).square().sum(-1)
+        alpha = self.ref_spatial.to(pos.dtype)[idx]
+        beta = self.ref_energies.to(pos.dtype)[idx]
+        terms = (alpha + c.scale * out[:, 0]) * r2 + beta + c.scale * out[:, 1]
+        return scatter_sum(terms, batch, num_graphs) + c.shift
 
     def energy_and_forces(
         self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None,
@@ -346,6 +364,13 @@ class AtomsModel(nn.Module):
         return out
 
 
+def charge_centre(z: Tensor, pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """Centre of nuclear charge of each structure, ``[B, 3]``."""
+    w = z.to(pos.dtype)
+    total = scatter_sum(w, batch, num_graphs).clamp_min(1e-12)
+    return scatter_sum(w.unsqueeze(-1) * pos, batch, num_graphs) / total.unsqueeze(-1)
+
+
 def check_species(data: Any, species: list[int]) -> None:
     """``ValueError`` naming the file, frame and key ``numbers`` of the first atom whose element is not in
     ``species``."""
@@ -377,8 +402,13 @@ def fit_statistics(data: Any, species: list[int] | None = None, reference: bool 
                    readout: str = "sum") -> dict[str, Any]:
     """Reference energies (least squares on the compositions), shift and scale from a training set.
 
+    Readout ``"spatial"`` with ``reference``: the per-species coefficients :math:`\\alpha_Z, \\beta_Z` of
+    :math:`\\sum_i (\\alpha_{Z_i} \\|x_i - x_c\\|^2 + \\beta_{Z_i})` by least squares (``ref_spatial``,
+    ``ref_energies``), shift 0 and the scale of the residual per structure.
+
     Returns:
-        ``{"species", "ref_energies", "shift", "scale"}`` for :class:`AtomsModelConfig`.
+        ``{"species", "ref_energies", "shift", "scale"}`` (and ``"ref_spatial"`` for readout ``"spatial"``) for
+        :class:`AtomsModelConfig`.
     """
     if data.energy is None:
         raise ValueError(f"{data.source}: no target values to fit the normalisation on")
@@ -386,6 +416,8 @@ def fit_statistics(data: Any, species: list[int] | None = None, reference: bool 
     counts = composition(data, species)
     n = data.n_atoms.astype(np.float64)
     energy = data.energy.astype(np.float64)
+    if readout == "spatial":
+        return _spatial_statistics(data, species, counts, energy, reference)
     if reference and readout == "sum":
         ref, *_ = np.linalg.lstsq(counts, energy, rcond=None)
     else:
@@ -400,6 +432,33 @@ def fit_statistics(data: Any, species: list[int] | None = None, reference: bool 
         scale = 1.0
     return {"species": [int(s) for s in species], "ref_energies": [float(r) for r in ref], "shift": shift,
             "scale": scale}
+
+
+def _spatial_statistics(data: Any, species: list[int], counts: np.ndarray, value: np.ndarray, reference: bool
+                        ) -> dict[str, Any]:
+    f = len(data)
+    frame = np.repeat(np.arange(f), data.n_atoms)
+    w = data.z.astype(np.float64)
+    total = np.maximum(np.bincount(frame, w, f), 1e-12)
+    centre = np.stack([np.bincount(frame, w * data.pos[:, k], f) for k in range(3)], 1) / total[:, None]
+    r2 = ((data.pos - centre[frame]) ** 2).sum(1)
+    index = np.full(119, -1, dtype=np.int64)
+    index[species] = np.arange(len(species))
+    spread = np.zeros((f, len(species)))
+    np.add.at(spread, (frame, index[data.z]), r2)
+    if reference:
+        coef, *_ = np.linalg.lstsq(np.concatenate([spread, counts], 1), value, rcond=None)
+        alpha, beta = coef[: len(species)], coef[len(species):]
+        shift = 0.0
+    else:
+        alpha = beta = np.zeros(len(species))
+        shift = float(value.mean())
+    residual = value - spread @ alpha - counts @ beta - shift
+    scale = float(residual.std())
+    if not (math.isfinite(scale) and scale > 1e-12):
+        scale = 1.0
+    return {"species": [int(s) for s in species], "ref_energies": [float(v) for v in beta],
+            "ref_spatial": [float(v) for v in alpha], "shift": shift, "scale": scale}
 
 
 # ---------------------------------------------------------------------------------------------- persistence

@@ -41,10 +41,11 @@ def test_every_target_has_a_family_and_a_recipe() -> None:
         opts = quick.model_options(target)
         extensive = qf.FAMILY_OF[target] in ("energy", "extensive")
         readout = {"mu": "dipole", "r2": "spatial"}.get(target, "sum" if extensive else "mlp")
-        assert opts["readout"] == readout and opts["reference"] == extensive
+        # least-squares per-element baselines: energies and extensive targets, and the spatial extent
+        assert opts["readout"] == readout and opts["reference"] == (extensive or target == "r2")
         cfg = quick.train_config(target)
         assert cfg.epochs == 16 and cfg.batch_size == 32 and cfg.max_minutes is None and cfg.grad_clip == 10.0
-        assert quick.recipe(target).loss == ("mse" if extensive else "l1")
+        assert quick.recipe(target).loss == ("mse" if extensive or target == "r2" else "l1")
     with pytest.raises(ValueError, match="unknown QM9 target 'u0'"):
         quick.recipe("u0")
 
