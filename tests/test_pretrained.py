@@ -173,6 +173,12 @@ def test_the_shipped_index_is_valid():
     assert shipped == {e["file"] for e in index["models"].values()}, "every shipped file has an index entry"
 
 
+def test_the_shipped_models_leave_the_wheel_small():
+    # the wheel must stay under 15 MB; the models may take at most 12 MB of it
+    total = sum(p.stat().st_size for p in pretrained.PACKAGE_DIR.iterdir() if p.is_file())
+    assert total < 12 * 2**20, f"shipped models take {total / 2**20:.1f} MB"
+
+
 @pytest.mark.parametrize("name", pretrained.available(folder=pretrained.PACKAGE_DIR))
 def test_shipped_model(name):
     path = pretrained.model_path(name, folder=pretrained.PACKAGE_DIR)

@@ -34,3 +34,28 @@ def test_shipped_model_reproduces_its_recorded_slice_mae(name: str, full_qm9: Pa
     mae, n = evaluate_rows(model, full_qm9, "test", limit=SLICE)
     assert n == card["slice"]["first"] == SLICE
     assert mae == pytest.approx(card["slice"]["mae"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_predict_with_a_shipped_name_equals_the_library_call(name: str, full_qm9: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import ase
+    import ase.io
+    import numpy as np
+
+    from egnn.experiments.cli import main
+    from egnn.experiments.qm9.atoms import split_rows, to_atoms
+
+    model = pretrained.load_pretrained(name, folder=pretrained.PACKAGE_DIR)
+    data = qm9.load(full_qm9, progress=False)
+    rows = split_rows(data, full_qm9)["test"][:3]
+    frames = [ase.Atoms(numbers=data.molecule(int(r)).z, positions=data.molecule(int(r)).pos) for r in rows]
+    ase.io.write(tmp_path / "mols.xyz", frames, format="extxyz")
+    monkeypatch.delenv(pretrained.ENV_DIR, raising=False)  # the name resolves to the package's folder
+    assert main(["predict", "--model", name, str(tmp_path / "mols.xyz"), "--out", str(tmp_path / "p.xyz")]) == 0
+    capsys.readouterr()
+    target = model.config.target
+    got = [a.info[f"{target}_pred"] for a in ase.io.read(tmp_path / "p.xyz", index=":")]
+    expect = model.predict(to_atoms(data, rows, target), forces=False)["energy"]
+    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6)
