@@ -144,6 +144,23 @@ def test_grid_trains_what_is_missing_resumes_and_writes_the_table(slice_dir: Pat
     assert bare.out == again.out
 
 
+def test_a_failed_training_job_gives_the_table_and_one_error_line(slice_dir: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from egnn.experiments.cli import main
+
+    grid = tmp_path / "grid"
+    # a run with other settings than the preset's: the grid's --resume is refused, so that job fails
+    qf.train_target("gap", "quick", grid / "gap", data_dir=slice_dir, hparams=TINY, epochs=1, progress=False,
+                    device="cpu")
+    assert main(["qm9", "table", "--grid", str(grid), "--data", str(slice_dir), "--targets", "gap"]) == 1
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]
+    assert last == f"egnn: error: training failed for gap (exit 2, see {grid / 'gap.log'})"
+    assert "Traceback" not in captured.err and "| gap | meV |" in captured.out
+    assert "1/16 (unfinished)" in (grid / "table.md").read_text()
+    assert "started with other settings" in (grid / "gap.log").read_text()
+
+
 def test_ship_exports_finished_targets_with_a_card_and_predict_uses_them(
         slice_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     import ase

@@ -196,6 +196,7 @@ def _run_table(args: argparse.Namespace) -> int:
         return 0
     grid = Path(args.grid or f"runs/qm9_table_{args.preset}")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    failure = None
     if args.no_train:
         if not grid.is_dir():
             raise CLIError(f"grid folder {str(grid)!r} does not exist")
@@ -208,13 +209,19 @@ def _run_table(args: argparse.Namespace) -> int:
         from egnn.experiments.qm9 import data as qm9
 
         qm9.load(args.data, progress=False)  # a missing or broken cache fails here, in one line, before any job
-        states = qg.run_grid(args.preset, grid, args.data, targets, args.jobs, args.job_threads,
-                             say=lambda m: print(m, file=sys.stderr, flush=True))
+        try:
+            states = qg.run_grid(args.preset, grid, args.data, targets, args.jobs, args.job_threads,
+                                 say=lambda m: print(m, file=sys.stderr, flush=True))
+        except qg.GridError as err:  # not the user's mistake: the table of what stands, then one line, exit 1
+            states, failure = err.states, str(err)
     rows = qg.table_rows(states, args.preset, args.data)
     text = qg.render_markdown(rows, code_version())
     atomic_write(grid / "table.md", text + "\n")
     atomic_write(grid / "table.csv", qg.render_csv(rows))
     print(text)
+    if failure is not None:
+        print(f"egnn: error: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -32,6 +32,14 @@ from egnn.experiments.run import RESULT_FILE, RUN_FILE, read_json, write_json
 PAPER_SOURCE = "EGNN column of Table 3, Satorras, Hoogeboom & Welling, arXiv:2102.09844 (ICML 2021)"
 
 
+class GridError(RuntimeError):
+    """A training process of the grid failed; ``states`` holds where every target stands."""
+
+    def __init__(self, message: str, states: list[RunState]) -> None:
+        super().__init__(message)
+        self.states = states
+
+
 @dataclass
 class RunState:
     """Where one target's run stands."""
@@ -112,7 +120,7 @@ def run_grid(
     """Train every unfinished target of ``grid`` (``jobs`` processes of ``threads`` threads); return every state.
 
     Raises:
-        RuntimeError: a training process failed (the others still ran); names the target and its log.
+        GridError: a training process failed (the others still ran); names the target and its log.
     """
     grid = Path(grid)
     targets = [check_target(t) for t in (targets or list(qm9.TARGET_NAMES))]
@@ -145,9 +153,10 @@ def run_grid(
         for target, code in pool.map(train, todo):
             if code != 0:
                 failed.append(f"{target} (exit {code}, see {grid / (target + '.log')})")
+    states = grid_states(grid, targets, planned)
     if failed:
-        raise RuntimeError(f"training failed for {', '.join(failed)}")
-    return grid_states(grid, targets, planned)
+        raise GridError(f"training failed for {', '.join(failed)}", states)
+    return states
 
 
 def planned_epochs(preset: str, targets: list[str]) -> dict[str, int]:
