@@ -114,6 +114,11 @@ def test_user_errors_are_one_line_exit_2(run, files, capsys, tmp_path):
                        f"p.{ext}", "use an .extxyz")
         assert not list(tmp_path.glob(f"*p*.{ext}"))
     one_line_error(capsys, ["example", "emt", "--out", train], "is not a folder")
+    # the molecular readouts refuse crystals (no centre in a periodic cell)
+    one_line_error(capsys, ["fit", "--data", train, "--readout", "dipole", "--no-cache", "--no-progress", "--out",
+                            str(tmp_path / "r3")],
+                   "train data", "frame 0 is periodic", "--readout dipole needs molecules")
+    assert not (tmp_path / "r3").exists()
 
 
 def molecules(path, key, frames, seed, offset=0.0):
@@ -161,6 +166,22 @@ def test_intensive_target_with_the_mlp_readout_and_l1_loss(tmp_path, capsys):
     assert model.config.shift == pytest.approx(np.mean([f.info["homo"] for f in frames]), abs=1.0)
     run = json.loads((out / "run.json").read_text())
     assert run["identity"]["loss"]["kind"] == "l1"
+
+
+@pytest.mark.parametrize("readout", ["dipole", "spatial"])
+def test_molecular_readouts_through_the_generic_path(tmp_path, capsys, readout):
+    import egnn
+
+    molecules(tmp_path / "mol.extxyz", "y", 16, seed=2, offset=3.0)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(tmp_path / "mol.extxyz"), "--target", "y", "--cutoff", "none", "--readout",
+                 readout, "--hidden", "8", "--layers", "1", "--epochs", "2", "--batch-size", "4", "--no-cache",
+                 "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out.split("\nmodel:")[0])
+    assert "y_mae" in res["valid"] and "y_per_atom_mae" not in res["valid"]
+    model = egnn.load_model(out)
+    assert model.config.readout == readout
+    assert any(model.config.ref_spatial) == (readout == "spatial")
 
 
 def test_example_emt_runs_its_fixed_epochs_and_records_the_code(tmp_path, capsys):

@@ -91,11 +91,14 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=nonnegative_int, default=4, help="EGCL layers (default 4)")
     p.add_argument("--rbf", type=nonnegative_int, default=8, help="radial features per edge (default 8)")
     p.add_argument("--no-attention", action="store_true", help="turn edge inference off")
-    p.add_argument("--readout", default="sum", choices=["sum", "mean", "mlp"],
+    p.add_argument("--readout", default="sum", choices=["sum", "mean", "mlp", "dipole", "spatial"],
                    help="sum of per-atom terms (energies, default), their mean, or mlp: node MLP, sum, graph MLP "
-                   "(the paper's QM9 readout, for targets that are not sums over atoms: HOMO, LUMO, gap, dipole)")
+                   "(the paper's QM9 readout, for targets that are not sums over atoms: HOMO, LUMO, gap); "
+                   "molecules only: dipole (norm of the dipole of learnt neutral charges) or spatial (electronic "
+                   "spatial extent <R^2>)")
     p.add_argument("--no-reference", action="store_true",
-                   help="do not fit per-element reference energies (always off for readouts mean and mlp)")
+                   help="do not fit per-element least-squares baselines (readouts sum and spatial; the others "
+                   "have none)")
     p.add_argument("--loss", default="mse", choices=["mse", "l1"],
                    help="squared (default) or absolute errors (the paper's QM9 loss) in both loss terms")
     p.add_argument("--cache", default="data/cache", metavar="DIR", help="parsed-data cache folder (default data/cache)")

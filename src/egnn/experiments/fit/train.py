@@ -65,8 +65,9 @@ class ModelOptions:
     attention: bool = True
     node_attr: bool = True
     act: str = "silu"
-    readout: str = "sum"  # "sum" (energies), "mean" or "mlp" (non-additive targets: HOMO, gap ...)
-    reference: bool = True  # fit per-element reference energies (readout "sum" only)
+    # "sum" (energies), "mean", "mlp" (non-additive targets: HOMO, gap ...); molecules only: "dipole", "spatial"
+    readout: str = "sum"
+    reference: bool = True  # fit per-element least-squares baselines (readouts "sum" and "spatial")
 
 
 @dataclass
@@ -179,6 +180,17 @@ def load_splits(opts: DataOptions, progress: bool = False) -> dict[str, AtomsDat
     return {"train": train, "valid": valid, "test": test}
 
 
+def check_molecules(splits: dict[str, AtomsData | None], readout: str) -> None:
+    """The ``dipole`` and ``spatial`` readouts need molecules: name the first periodic frame."""
+    if readout not in ("dipole", "spatial"):
+        return
+    for name, d in splits.items():
+        if d is not None and d.pbc.any():
+            frame = int(np.flatnonzero(d.pbc.any(axis=1))[0])
+            raise FitError(f"{name} data: {d.source}: frame {frame} is periodic; --readout {readout} needs "
+                           "molecules (a periodic cell has no centre)")
+
+
 def build_model(train: AtomsData, model_opts: ModelOptions, data_opts: DataOptions) -> AtomsModel:
     """A fresh model whose species, reference energies and normalisation come from ``train``."""
     stats = fit_statistics(train, reference=model_opts.reference, readout=model_opts.readout)
@@ -218,6 +230,7 @@ def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = F
         raise RunFolderError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     progress = train_cfg.progress
     splits = load_splits(plan.data, progress)
+    check_molecules(splits, plan.model.readout)
     train = splits["train"]
     assert train is not None
     torch.manual_seed(train_cfg.seed)
