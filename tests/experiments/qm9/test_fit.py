@@ -132,6 +132,12 @@ def test_grid_trains_what_is_missing_resumes_and_writes_the_table(slice_dir: Pat
     assert main(argv) == 0
     again = capsys.readouterr()
     assert "training" not in again.err and list(csv.DictReader(open(grid / "table.csv"))) == rows
+    # the checkpoint is the truth while it is there: a stale record is brought up to date
+    rec = grid / "homo" / "result.json"
+    rec.write_text(rec.read_text().replace('"epoch": 16', '"epoch": 3'))
+    assert qg.run_state(grid / "homo", "homo", 16).finished
+    qg.grid_states(grid, ["homo"], {"homo": 16})
+    assert json.loads(rec.read_text())["epoch"] == 16
     # a copy of the grid without checkpoints (the committed benchmarks/results form) still counts as done
     for r in rows:
         assert json.loads((grid / r["target"] / "result.json").read_text())["test_mae"] == float(r["ours"])

@@ -59,16 +59,16 @@ class RunState:
 
 
 def run_state(folder: Path, target: str, planned: int | None = None) -> RunState:
-    """Where ``target``'s run in ``folder`` stands: from its finished record if there is one, else from the last
-    checkpoint's header; ``planned``: the recipe's epochs (default: the run's own)."""
+    """Where ``target``'s run in ``folder`` stands: from the last checkpoint's header, or, in a copy without
+    checkpoints, from the finished run's record; ``planned``: the recipe's epochs (default: the run's own)."""
     code = _training_code(folder)
-    record = read_json(folder / RESULT_FILE)
-    if isinstance(record, dict) and record.get("target") == target:
-        return RunState(target, folder, record["epoch"], planned if planned is not None else record["epochs"],
-                        record["test_mae"], record["best_epoch"], record["minutes"], record.get("code", code))
     try:
         last = read_checkpoint_info(folder / "last").meta
     except CheckpointError:
+        record = read_json(folder / RESULT_FILE)
+        if isinstance(record, dict) and record.get("target") == target:
+            return RunState(target, folder, record["epoch"], planned if planned is not None else record["epochs"],
+                            record["test_mae"], record["best_epoch"], record["minutes"], record.get("code", code))
         return RunState(target, folder, None, planned, None, None, None, code)
     best = last.get("best") or {}
     epochs = planned if planned is not None else (last.get("train_config") or {}).get("epochs")
@@ -86,16 +86,17 @@ def _training_code(folder: Path) -> str | None:
 
 
 def record_finished(state: RunState) -> None:
-    """Write ``result.json`` for a finished run that has none (the record the table reads without checkpoints)."""
+    """Write (or bring up to date) ``result.json`` of a finished run: the record the table reads when the
+    checkpoints are not there."""
     path = state.folder / RESULT_FILE
-    if state.finished and not path.exists():
-        write_json(path, {"target": state.target, "epoch": state.epoch, "epochs": state.epochs,
-                          "test_mae": state.test_mae, "best_epoch": state.best_epoch, "minutes": state.minutes,
-                          "code": state.code})
+    record = {"target": state.target, "epoch": state.epoch, "epochs": state.epochs, "test_mae": state.test_mae,
+              "best_epoch": state.best_epoch, "minutes": state.minutes, "code": state.code}
+    if state.finished and read_json(path) != record:
+        write_json(path, record)
 
 
 def grid_states(grid: Path, targets: list[str], planned: dict[str, int]) -> list[RunState]:
-    """Every target's state; finished runs without a record get one."""
+    """Every target's state; finished runs get their record."""
     states = [run_state(grid / t, t, planned[t]) for t in targets]
     for s in states:
         record_finished(s)
