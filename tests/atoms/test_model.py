@@ -176,6 +176,10 @@ def test_save_load_round_trip_and_unseen_elements(tmp_path):
         check_species(bad, model.species)
     with pytest.raises(ValueError, match="Au"):
         model.predict(bad)
+    nan = periodic_data(3, seed=2)
+    nan.pos[int(nan.offsets[2])] = np.nan
+    with pytest.raises(ValueError, match=r"frame 2: key 'positions': positions contain NaN/Inf"):
+        model.predict(nan)
     from egnn.checkpoint import CheckpointError, save_checkpoint
 
     save_checkpoint(tmp_path / "other", {"model": {}}, {"experiment": "qm9"})

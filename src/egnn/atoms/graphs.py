@@ -68,7 +68,8 @@ class AtomsGraphs:
             try:
                 e, s = neighbor_list(fr["pos"], cutoff, fr["cell"], fr["pbc"], images)
             except NeighborError as err:
-                raise NeighborError(f"{data.source}: frame {f}: key 'cell': {err}") from None
+                key = "positions" if "positions" in str(err) else "cell"  # which input the neighbour list refused
+                raise NeighborError(f"{data.source}: frame {f}: key '{key}': {err}") from None
             edges.append(e + int(data.offsets[f]))  # global atom indices
             shifts.append(s)
             counts.append(e.shape[1])
