@@ -17,6 +17,7 @@ from egnn.experiments.nbody.files import save_split_files
 from egnn.experiments.nbody.models import NBODY_MODELS
 from egnn.experiments.nbody.simulate import generate_dataset
 from egnn.experiments.nbody.train import load_model, train_nbody
+from egnn.experiments.run import code_version
 from egnn.ops import fully_connected_edges
 from egnn.testing import assert_equivariant
 
@@ -229,7 +230,9 @@ def test_sweep_writes_csv_plot_and_resumes_per_size(tiny_data, tmp_path, monkeyp
         ("gnn", 40, 2), ("gnn", 80, 2), ("egnn", 40, 4), ("egnn", 80, 4)]
     assert all(r["test_mse"] > 0 for r in rows)
     assert (tmp_path / "sweep.png").stat().st_size > 0
-    assert len(list(csv.DictReader(open(tmp_path / "sweep.csv")))) == 4
+    written = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert len(written) == 4
+    assert {r["code"] for r in written} == {code_version()}  # each row names the code that trained it
 
     calls = []
     real = table.train_nbody

@@ -75,5 +75,8 @@ def _sweep(args: argparse.Namespace) -> int:
     for r in rows:
         mse = f"{r['test_mse']:.5f}" if r["test_mse"] is not None else "n/a"
         print(f"{r['model']:>6} {r['samples']:>6} samples  {r['epochs']:>5} epochs  test MSE {mse}")
+    # a resumed sweep may hold sizes trained by older code: name every version that made a row
+    codes = sorted({str(r.get("code") or "unrecorded") for r in rows})
+    print(f"code: {'; '.join(codes)}")
     print(f"wrote {Path(args.out) / 'sweep.csv'} and {Path(args.out) / 'sweep.png'}")
     return 0

@@ -240,7 +240,8 @@ SWEEP_EPOCHS: dict[str, tuple[int, ...]] = {
     "egnn": (4000, 4000, 2000, 2000, 2000, 1500, 1500, 1500, 1000, 1000),
     "rf": (8000, 6000, 6000, 6000, 6000, 6000, 6000, 6000, 4000, 2000),
 }
-SWEEP_FIELDS = ["model", "samples", "epochs", "eval_every", "best_epoch", "valid_mse", "test_mse", "train_minutes"]
+SWEEP_FIELDS = ["model", "samples", "epochs", "eval_every", "best_epoch", "valid_mse", "test_mse", "train_minutes",
+                "code"]
 
 
 def sweep_epochs(model_name: str, samples: int, scale: float = 1.0) -> int:
@@ -292,7 +293,8 @@ def _sweep_cell(name: str, n: int, large_dir: str | Path, small_dir: str | Path,
                           progress=progress)
         return {"model": name, "samples": n, "epochs": res.epochs_done, "eval_every": every,
                 "best_epoch": res.best_epoch, "valid_mse": finite_or_none(res.best_valid),
-                "test_mse": finite_or_none(res.test_at_best), "train_minutes": round(res.train_seconds / 60, 2)}
+                "test_mse": finite_or_none(res.test_at_best), "train_minutes": round(res.train_seconds / 60, 2),
+                "code": code_version()}
 
     return compute
 
