@@ -7,6 +7,7 @@ from egnn.atoms.data import AtomsData, AtomsDataError, load_dataset, read_datase
 from egnn.atoms.graphs import AtomsBatch, AtomsGraphs
 from egnn.atoms.model import AtomsModel, AtomsModelConfig, fit_statistics, load_model, save_model
 from egnn.atoms.neighbors import NeighborError, neighbor_list
+from egnn.atoms.store import AtomsStore, StoreWriter, open_store, pack
 
 __all__ = [
     "AtomsBatch",
@@ -15,11 +16,15 @@ __all__ = [
     "AtomsGraphs",
     "AtomsModel",
     "AtomsModelConfig",
+    "AtomsStore",
     "NeighborError",
+    "StoreWriter",
     "fit_statistics",
     "load_dataset",
     "load_model",
     "neighbor_list",
+    "open_store",
+    "pack",
     "read_dataset",
     "save_model",
 ]

@@ -52,13 +52,15 @@ class AtomsGraphs:
         images: periodic images beyond the minimum image (see :func:`~egnn.atoms.neighbors.neighbor_list`).
         dtype: floating dtype of positions, shifts and targets in the batches.
         progress: tqdm bar over the frames while building neighbour lists.
+        frame_ids: the frames' numbers in their file or store, for error messages (default ``0..F-1``).
 
     Raises:
         NeighborError: as one line naming the file and frame.
     """
 
     def __init__(self, data: AtomsData, cutoff: float | None, images: bool = True,
-                 dtype: torch.dtype = torch.float32, progress: bool = False) -> None:
+                 dtype: torch.dtype = torch.float32, progress: bool = False,
+                 frame_ids: np.ndarray | None = None) -> None:
         from tqdm.auto import tqdm
 
         self.data, self.cutoff, self.images, self.dtype = data, cutoff, images, dtype
@@ -69,7 +71,8 @@ class AtomsGraphs:
                 e, s = neighbor_list(fr["pos"], cutoff, fr["cell"], fr["pbc"], images)
             except NeighborError as err:
                 key = "positions" if "positions" in str(err) else "cell"  # which input the neighbour list refused
-                raise NeighborError(f"{data.source}: frame {f}: key '{key}': {err}") from None
+                frame = f if frame_ids is None else int(frame_ids[f])
+                raise NeighborError(f"{data.source}: frame {frame}: key '{key}': {err}") from None
             edges.append(e + int(data.offsets[f]))  # global atom indices
             shifts.append(s)
             counts.append(e.shape[1])

@@ -402,30 +402,40 @@ def fit_statistics(data: Any, species: list[int] | None = None, reference: bool 
                    readout: str = "sum") -> dict[str, Any]:
     """Reference energies (least squares on the compositions), shift and scale from a training set.
 
-    Readout ``"spatial"`` with ``reference``: the per-species coefficients :math:`\\alpha_Z, \\beta_Z` of
-    :math:`\\sum_i (\\alpha_{Z_i} \\|x_i - x_c\\|^2 + \\beta_{Z_i})` by least squares (``ref_spatial``,
-    ``ref_energies``), shift 0 and the scale of the residual per structure.
+    ``data`` is an :class:`~egnn.atoms.data.AtomsData` or anything with ``chunks()`` yielding them (e.g.
+    :class:`~egnn.atoms.loader.FrameRows` of a store): one streaming pass keeps only per-frame element counts and
+    targets in memory. Readout ``"spatial"`` with ``reference``: the per-species coefficients
+    :math:`\\alpha_Z, \\beta_Z` of :math:`\\sum_i (\\alpha_{Z_i} \\|x_i - x_c\\|^2 + \\beta_{Z_i})` by least
+    squares (``ref_spatial``, ``ref_energies``), shift 0 and the scale of the residual per structure.
 
     Returns:
         ``{"species", "ref_energies", "shift", "scale"}`` (and ``"ref_spatial"`` for readout ``"spatial"``) for
         :class:`AtomsModelConfig`.
     """
-    if data.energy is None:
+    streamed = hasattr(data, "chunks")
+    if (data.energy_key if streamed else data.energy) is None:
         raise ValueError(f"{data.source}: no target values to fit the normalisation on")
-    species = species or data.elements()
-    counts = composition(data, species)
-    n = data.n_atoms.astype(np.float64)
-    energy = data.energy.astype(np.float64)
+    chunks = data.chunks() if streamed else [data]
+    candidates = species or (data.base.elements() if hasattr(data, "base") else data.elements())
+    parts = [_frame_terms(c, candidates, readout == "spatial") for c in chunks]
+    counts = np.concatenate([p["counts"] for p in parts])
+    if species is None:  # the elements present in this set, in the one-hot order
+        keep = counts.sum(0) > 0
+        species, counts = [z for z, k in zip(candidates, keep) if k], counts[:, keep]
+    n = np.concatenate([p["n"] for p in parts]).astype(np.float64)
+    energy = np.concatenate([p["energy"] for p in parts]).astype(np.float64)
     if readout == "spatial":
-        return _spatial_statistics(data, species, counts, energy, reference)
+        spread = np.concatenate([p["spread"] for p in parts])[:, [candidates.index(z) for z in species]]
+        return _spatial_statistics(species, counts, spread, energy, reference)
     if reference and readout == "sum":
         ref, *_ = np.linalg.lstsq(counts, energy, rcond=None)
     else:
         ref = np.zeros(len(species))
     per_atom = (energy - counts @ ref) / n if readout == "sum" else energy - counts @ ref
     shift = 0.0 if readout == "dipole" else float(per_atom.mean())  # a dipole norm has no offset
-    if data.forces is not None and readout == "sum":
-        scale = float(np.sqrt(np.mean(data.forces**2)))  # forces set the energy scale of an extensive model
+    f_count = sum(p["f_count"] for p in parts)
+    if f_count and readout == "sum":  # forces set the energy scale of an extensive model
+        scale = float(np.sqrt(sum(p["f_sq"] for p in parts) / f_count))
     else:
         scale = float(per_atom.std())
     if not (math.isfinite(scale) and scale > 1e-12):
@@ -434,18 +444,29 @@ def fit_statistics(data: Any, species: list[int] | None = None, reference: bool 
             "scale": scale}
 
 
-def _spatial_statistics(data: Any, species: list[int], counts: np.ndarray, value: np.ndarray, reference: bool
-                        ) -> dict[str, Any]:
-    f = len(data)
-    frame = np.repeat(np.arange(f), data.n_atoms)
-    w = data.z.astype(np.float64)
-    total = np.maximum(np.bincount(frame, w, f), 1e-12)
-    centre = np.stack([np.bincount(frame, w * data.pos[:, k], f) for k in range(3)], 1) / total[:, None]
-    r2 = ((data.pos - centre[frame]) ** 2).sum(1)
-    index = np.full(119, -1, dtype=np.int64)
-    index[species] = np.arange(len(species))
-    spread = np.zeros((f, len(species)))
-    np.add.at(spread, (frame, index[data.z]), r2)
+def _frame_terms(data: Any, species: list[int], spatial: bool) -> dict[str, Any]:
+    """Per-frame element counts ``[F, S]``, atom counts and targets of one chunk, the sum of squared force
+    components, and (``spatial``) per-frame, per-species sums of :math:`\\|x_i - x_c\\|^2` ``[F, S]``."""
+    out: dict[str, Any] = {"counts": composition(data, species), "n": data.n_atoms, "energy": data.energy,
+                           "f_sq": 0.0 if data.forces is None else float(np.square(data.forces).sum()),
+                           "f_count": 0 if data.forces is None else int(data.forces.size)}
+    if spatial:
+        f = len(data)
+        frame = np.repeat(np.arange(f), data.n_atoms)
+        w = data.z.astype(np.float64)
+        total = np.maximum(np.bincount(frame, w, f), 1e-12)
+        centre = np.stack([np.bincount(frame, w * data.pos[:, k], f) for k in range(3)], 1) / total[:, None]
+        r2 = ((data.pos - centre[frame]) ** 2).sum(1)
+        index = np.full(119, -1, dtype=np.int64)
+        index[species] = np.arange(len(species))
+        spread = np.zeros((f, len(species)))
+        np.add.at(spread, (frame, index[data.z]), r2)
+        out["spread"] = spread
+    return out
+
+
+def _spatial_statistics(species: list[int], counts: np.ndarray, spread: np.ndarray, value: np.ndarray,
+                        reference: bool) -> dict[str, Any]:
     if reference:
         coef, *_ = np.linalg.lstsq(np.concatenate([spread, counts], 1), value, rcond=None)
         alpha, beta = coef[: len(species)], coef[len(species):]

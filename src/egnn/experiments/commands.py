@@ -213,13 +213,28 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 def run_command(func: Callable[[], int | None]) -> int:
     """Run a command; a user error becomes one ``egnn: error: ...`` line and exit code 2 (a traceback only with
-    ``EGNN_TRACEBACK=1``), an interruption exit code 130."""
+    ``EGNN_TRACEBACK=1``), an interruption exit code 130.
+
+    Under ``torchrun`` the line names the rank (``egnn: error: rank 1: ...``) and is printed once: by the rank
+    that failed, or by rank 0 when every rank fails the same way (a non-finite loss); a rank stopped by another
+    rank's failure exits quietly with the same code.
+    """
+    from egnn.experiments.training.distributed import PeerFailure, RankError, dist_info
+
+    rank, world = dist_info()
+    where = f"rank {rank}: " if world > 1 else ""
     try:
         return int(func() or 0)
+    except PeerFailure:
+        return 2
+    except RankError as err:
+        print(f"egnn: error: {_message(err)}", file=sys.stderr)
+        return 1
     except user_error_types() as err:
         if os.environ.get("EGNN_TRACEBACK"):
             raise
-        print(f"egnn: error: {_message(err)}", file=sys.stderr)
+        if not (rank > 0 and isinstance(err, FloatingPointError)):  # the same on every rank: rank 0 says it
+            print(f"egnn: error: {where}{_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("egnn: interrupted (the last complete checkpoint is kept; continue with --resume)", file=sys.stderr)

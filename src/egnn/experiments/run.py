@@ -36,7 +36,8 @@ from egnn.checkpoint import (
     load_state_dict_strict,
     read_checkpoint_info,
 )
-from egnn.experiments.trainer import _RESUME_FREE, FitResult, Task, TrainConfig, Trainer, dist_info
+from egnn.experiments.training import RESUME_FREE, FitResult, Task, TrainConfig, Trainer
+from egnn.experiments.training.distributed import on_rank0
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.csv"
@@ -258,12 +259,12 @@ def train_run(
     ``run.json`` and in every checkpoint with ``meta`` (everything else a checkpoint should carry, e.g. a
     target normaliser). Returns the fit summary and the trainer (its ``device``, ``eval_model()`` ...).
     """
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in _RESUME_FREE}
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
     ident = _as_json({**identity, "recipe": recipe})
     identity, meta = _as_json(identity), _as_json(meta or {})
     folder = RunFolder(out)
-    rank, _ = dist_info()
-    from_checkpoint = folder.begin(ident, resume) if rank == 0 else folder.has_checkpoint()
+    # rank 0 alone opens the folder (the others never touch it); a refusal is reported once, by rank 0
+    from_checkpoint = on_rank0(lambda: folder.begin(ident, resume))
     trainer = Trainer(model, task, cfg, out, {**meta, **identity, "identity": ident})
     if from_checkpoint:
         trainer.resume()

@@ -74,11 +74,16 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
         "decay, EMA 0.99. For a property that is not a sum over atoms (HOMO, LUMO, gap, dipole moment) use "
         "--readout mlp --loss l1 --cutoff none (the paper's QM9 recipe).",
     )
-    p.add_argument("--data", required=True, metavar="TRAIN", help="training file (extxyz, ASE .db, .traj ...)")
-    p.add_argument("--valid", default=None, metavar="FILE", help="validation file (default: --valid-fraction of TRAIN)")
+    p.add_argument("--data", required=True, metavar="TRAIN",
+                   help="training file (extxyz, ASE .db, .traj ...) or store (egnn data pack)")
+    p.add_argument("--valid", default=None, metavar="FILE",
+                   help="validation file or store (default: --valid-fraction of TRAIN)")
     p.add_argument("--valid-fraction", type=float_in(0.0, 1.0, "a fraction in (0, 1)", hi_open=True), default=0.1,
                    help="held-out fraction of TRAIN (default 0.1)")
-    p.add_argument("--test", default=None, metavar="FILE", help="test file, evaluated with the best model")
+    p.add_argument("--test", default=None, metavar="FILE", help="test file or store, evaluated with the best model")
+    p.add_argument("--workers", type=nonnegative_int, default=2,
+                   help="DataLoader processes that read a store's frames and build their neighbour lists while "
+                   "the model trains (default 2; 0: in the training process; files are held in memory instead)")
     p.add_argument("--target", default="energy", metavar="KEY", help="graph-level target key (default: energy)")
     p.add_argument("--forces", default=None, metavar="KEY", help="per-atom forces key: train on F = -dE/dx too")
     p.add_argument("--cutoff", type=_cutoff, default=5.0, metavar="R|none",
@@ -130,7 +135,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     plan = ft.FitPlan(
         data=ft.DataOptions(train=args.data, target=args.target, forces=args.forces, valid=args.valid,
                             valid_fraction=args.valid_fraction, test=args.test,
-                            cache_dir=None if args.no_cache else args.cache),
+                            cache_dir=None if args.no_cache else args.cache, workers=args.workers),
         model=ft.ModelOptions(cutoff=args.cutoff, images=not args.no_images, hidden_nf=args.hidden,
                               n_layers=args.layers, n_rbf=args.rbf, attention=not args.no_attention,
                               readout=args.readout, reference=not args.no_reference),
@@ -233,7 +238,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "eval", _run_eval,
                     "MAE and RMSE (energy, energy per atom, forces) of a model on a file, JSON")
-    _add_model_arguments(p, "labelled structures")
+    _add_model_arguments(p, "labelled structures (a file or a store)")
     p.add_argument("--target", default=None, metavar="KEY", help="target key (default: the one trained on)")
     p.add_argument("--forces", default=None, metavar="KEY", help="forces key (default: the one trained on)")
     p.add_argument("--cache", default="data/cache", metavar="DIR", help="parsed-data cache folder (default data/cache)")

@@ -24,11 +24,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from egnn.atoms.data import DEFAULT_CACHE_DIR, AtomsData, AtomsDataError, load_dataset
+from egnn.atoms.data import DEFAULT_CACHE_DIR, AtomsData, AtomsDataError
 from egnn.atoms.graphs import AtomsBatch, AtomsGraphs
-from egnn.atoms.model import MODEL_KIND, AtomsModel, AtomsModelConfig, check_species, fit_statistics
+from egnn.atoms.loader import FrameRows, OnTheFlyGraphs
+from egnn.atoms.model import MODEL_KIND, AtomsModel, AtomsModelConfig, fit_statistics
+from egnn.experiments.fit.sources import (
+    StreamedPredictions,
+    check_elements,
+    content_id,
+    describe,
+    has_forces,
+    is_store,
+    open_frames,
+)
 from egnn.experiments.run import LRRule, Preset, write_json
-from egnn.experiments.trainer import FitResult, Task, TrainConfig
+from egnn.experiments.training import FitResult, LossTerms, Task, TrainConfig
+from egnn.experiments.training.distributed import agree, dist_info, on_rank0
 from egnn.ops.scatter import scatter_sum
 
 
@@ -82,6 +93,7 @@ class DataOptions:
     test: str | None = None
     cache_dir: str | None = DEFAULT_CACHE_DIR
     split_seed: int = 0
+    workers: int = 2  # DataLoader processes building a store's batches (files: neighbour lists built once)
 
 
 @dataclass
@@ -107,35 +119,52 @@ class FitPlan:
 # ------------------------------------------------------------------------------------------------- the task
 
 
-def batch_errors(model: nn.Module, b: AtomsBatch, use_forces: bool, create_graph: bool
-                 ) -> tuple[Tensor, Tensor | None]:
-    """Per-frame ``(E_pred - E) / n`` ``[B]`` and per-atom force errors ``[N, 3]`` (or ``None``)."""
-    core: AtomsModel = getattr(model, "module", model)  # DDP / AveragedModel wrap the model as .module
-    if use_forces:  # (multi-process training with forces is refused in fit: DDP does not sync double backward)
-        energy, forces = core.energy_and_forces(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, b.num_graphs,
-                                                forces=True, create_graph=create_graph)
-    else:  # through the wrapper's forward, so DDP synchronises the gradients
-        energy, forces = model(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, b.num_graphs), None
+class EnergyForces(nn.Module):
+    """The module the fit's loss and metric call: energies ``[B]`` and, when asked, forces ``-dE/dx`` ``[N, 3]``
+    of an :class:`~egnn.atoms.graphs.AtomsBatch`, in one forward (with the graph for a second-order backward in
+    training). Under ``torchrun`` it is what DDP wraps, so the force term's gradients are synchronised too."""
+
+    def __init__(self, model: AtomsModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, b: AtomsBatch, forces: bool) -> tuple[Tensor, Tensor | None]:
+        return self.model.energy_and_forces(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, b.num_graphs,
+                                            forces=forces, create_graph=forces and self.model.training)
+
+
+def _core(model: nn.Module) -> AtomsModel:
+    """The :class:`AtomsModel` inside DDP / :class:`EnergyForces` wrappers."""
+    while not isinstance(model, AtomsModel):
+        model = model.model if isinstance(model, EnergyForces) else model.module
+    return model
+
+
+def batch_errors(model: nn.Module, b: AtomsBatch, use_forces: bool) -> tuple[Tensor, Tensor | None]:
+    """Per-frame ``(E_pred - E) / n`` ``[B]`` (the error itself for intensive readouts) and per-atom force
+    errors ``[N, 3]`` (or ``None``); ``model`` is an :class:`EnergyForces` (possibly inside DDP)."""
+    energy, forces = model(b, use_forces)
     n = b.n_atoms.to(energy.dtype)
-    e_err = (energy - b.energy) / n if core.config.readout == "sum" else energy - b.energy
+    e_err = (energy - b.energy) / n if _core(model).config.readout == "sum" else energy - b.energy
     f_err = forces - b.forces if use_forces else None
     return e_err, f_err
 
 
-def make_task(splits: dict[str, AtomsGraphs | None], scale: float, loss_opts: LossOptions, use_forces: bool) -> Task:
-    """Weighted MSE (or L1) loss in normalised units; metric: the same summed per frame."""
+def make_task(splits: dict[str, Any], scale: float, loss_opts: LossOptions, use_forces: bool) -> Task:
+    """Weighted MSE (or L1) loss in normalised units: a mean over frames plus a mean over force components, each
+    over the global batch (:class:`~egnn.experiments.training.LossTerms`); metric: the same summed per frame."""
     we, wf = loss_opts.energy_weight, loss_opts.forces_weight
     penalty = Tensor.abs if loss_opts.kind == "l1" else Tensor.square
 
-    def loss(model: nn.Module, b: AtomsBatch) -> Tensor:
-        e_err, f_err = batch_errors(model, b, use_forces, create_graph=True)
-        value = we * penalty(e_err / scale).mean()
+    def loss(model: nn.Module, b: AtomsBatch) -> LossTerms:
+        e_err, f_err = batch_errors(model, b, use_forces)
+        terms = LossTerms().add(we, penalty(e_err / scale).sum(), b.num_graphs)
         if f_err is not None:
-            value = value + wf * penalty(f_err / scale).mean()
-        return value
+            terms.add(wf, penalty(f_err / scale).sum(), f_err.numel())
+        return terms
 
     def metric(model: nn.Module, b: AtomsBatch) -> tuple[Tensor, int]:
-        e_err, f_err = batch_errors(model, b, use_forces, create_graph=False)
+        e_err, f_err = batch_errors(model, b, use_forces)
         per_frame = we * penalty(e_err.detach() / scale)
         if f_err is not None:
             sq = penalty(f_err.detach() / scale).sum(-1)
@@ -143,20 +172,21 @@ def make_task(splits: dict[str, AtomsGraphs | None], scale: float, loss_opts: Lo
         return per_frame.sum(), b.num_graphs
 
     return Task(splits["train"], splits["valid"], splits.get("test"), loss, metric, "loss",
-                metric_needs_grad=use_forces)
+                metric_needs_grad=use_forces, wrap=EnergyForces)
 
 
 # ----------------------------------------------------------------------------------------------------- data
 
 
-def _load(path: str, opts: DataOptions, progress: bool) -> AtomsData:
-    return load_dataset(path, opts.target, opts.forces, cache_dir=opts.cache_dir, progress=progress)
+def _load(path: str, opts: DataOptions, progress: bool) -> AtomsData | FrameRows:
+    return open_frames(path, opts.target, opts.forces, cache_dir=opts.cache_dir, progress=progress)
 
 
-def load_splits(opts: DataOptions, progress: bool = False) -> dict[str, AtomsData | None]:
-    """Train / valid / test data sets: ``valid`` from its own file or a random ``valid_fraction`` of ``train``."""
+def load_splits(opts: DataOptions, progress: bool = False) -> dict[str, AtomsData | FrameRows | None]:
+    """Train / valid / test data sets (files in memory, stores by row): ``valid`` from its own file or store, or a
+    random ``valid_fraction`` of ``train``."""
     train = _load(opts.train, opts, progress)
-    if opts.forces is not None and train.forces is None:
+    if opts.forces is not None and not has_forces(train):
         raise FitError(f"{opts.train}: no forces under key {opts.forces!r}")
     if opts.valid is not None:
         valid = _load(opts.valid, opts, progress)
@@ -170,28 +200,44 @@ def load_splits(opts: DataOptions, progress: bool = False) -> dict[str, AtomsDat
         order = np.random.default_rng(opts.split_seed).permutation(len(train))
         valid, train = train.subset(np.sort(order[:n_valid])), train.subset(np.sort(order[n_valid:]))
     test = _load(opts.test, opts, progress) if opts.test is not None else None
-    species = train.elements()
-    for name, d in (("valid", valid), ("test", test)):
-        if d is not None:
-            try:
-                check_species(d, species)
-            except ValueError as err:
-                raise FitError(f"{name} data: {err}") from None
     return {"train": train, "valid": valid, "test": test}
 
 
-def check_molecules(splits: dict[str, AtomsData | None], readout: str) -> None:
+def check_split_elements(splits: dict[str, Any], species: list[int]) -> None:
+    """Every element of the valid and test sets was in the training set (one line naming frame and element)."""
+    for name in ("valid", "test"):
+        d = splits.get(name)
+        if d is not None:
+            try:
+                check_elements(d, species)
+            except ValueError as err:
+                raise FitError(f"{name} data: {err}") from None
+
+
+def make_graphs(d: AtomsData | FrameRows, model_opts: ModelOptions, dtype: torch.dtype, progress: bool,
+                workers: int) -> AtomsGraphs | OnTheFlyGraphs:
+    """A file's frames with all neighbour lists built once (in memory, the fast path for small data); a store's
+    rows with neighbour lists built per batch in ``workers`` DataLoader processes."""
+    if isinstance(d, FrameRows):
+        return OnTheFlyGraphs(d, model_opts.cutoff, model_opts.images, dtype, workers)
+    return AtomsGraphs(d, model_opts.cutoff, model_opts.images, dtype, progress)
+
+
+def check_molecules(splits: dict[str, AtomsData | FrameRows | None], readout: str) -> None:
     """The ``dipole`` and ``spatial`` readouts need molecules: name the first periodic frame."""
     if readout not in ("dipole", "spatial"):
         return
     for name, d in splits.items():
-        if d is not None and d.pbc.any():
+        if isinstance(d, FrameRows) and d.base.meta.get("periodic_frames", 0):
+            raise FitError(f"{name} data: {d.source}: the store holds periodic frames; --readout {readout} needs "
+                           "molecules (a periodic cell has no centre)")
+        if isinstance(d, AtomsData) and d.pbc.any():
             frame = int(np.flatnonzero(d.pbc.any(axis=1))[0])
             raise FitError(f"{name} data: {d.source}: frame {frame} is periodic; --readout {readout} needs "
                            "molecules (a periodic cell has no centre)")
 
 
-def build_model(train: AtomsData, model_opts: ModelOptions, data_opts: DataOptions) -> AtomsModel:
+def build_model(train: AtomsData | FrameRows, model_opts: ModelOptions, data_opts: DataOptions) -> AtomsModel:
     """A fresh model whose species, reference energies and normalisation come from ``train``."""
     stats = fit_statistics(train, reference=model_opts.reference, readout=model_opts.readout)
     cfg = AtomsModelConfig(
@@ -220,28 +266,31 @@ def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = F
         The trainer's result and the summary (MAE/RMSE of the best model on the valid and test sets).
     """
     from egnn.experiments.run import RunFolder, RunFolderError, train_run
-    from egnn.experiments.trainer import dist_info
 
     out = Path(out)
-    if plan.data.forces is not None and dist_info()[1] > 1:
-        raise FitError("training on forces in several processes (torchrun) is not supported yet: DDP does not "
-                       "synchronise the second-order gradients; run one process")
-    if not resume and RunFolder(out).holds_run():  # before any data is read
-        raise RunFolderError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    progress = train_cfg.progress
-    splits = load_splits(plan.data, progress)
-    check_molecules(splits, plan.model.readout)
+
+    def refuse_a_held_folder() -> None:  # before any data is read
+        if not resume and RunFolder(out).holds_run():
+            raise RunFolderError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    on_rank0(refuse_a_held_folder)
+    progress = train_cfg.progress and dist_info()[0] == 0
+    mc, opts = plan.model, plan.data
+
+    def prepare() -> tuple[dict[str, Any], AtomsModel]:
+        splits = load_splits(opts, progress)
+        check_molecules(splits, mc.readout)
+        torch.manual_seed(train_cfg.seed)
+        model = build_model(splits["train"], mc, opts).to(dtype)
+        check_split_elements(splits, model.config.species)
+        return splits, model
+
+    splits, model = agree(prepare)  # a bad input is reported once, by the lowest rank that met it
     train = splits["train"]
-    assert train is not None
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(train, plan.model, plan.data).to(dtype)
-    mc = plan.model
-    graphs = {name: (AtomsGraphs(d, mc.cutoff, mc.images, dtype, progress) if d is not None else None)
+    graphs = {name: (make_graphs(d, mc, dtype, progress, opts.workers) if d is not None else None)
               for name, d in splits.items()}
-    use_forces = plan.data.forces is not None
+    use_forces = opts.forces is not None
     task = make_task(graphs, model.config.scale, plan.loss, use_forces)
-    describe = {name: _describe(d) for name, d in splits.items() if d is not None}
-    opts = plan.data
     # flat keys, so a refused --resume names exactly the setting that differs
     identity = {
         "experiment": "fit", **{f"model.{k}": v for k, v in model.config.to_dict().items()},
@@ -251,28 +300,39 @@ def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = F
         "data": {"train": opts.train, "valid": opts.valid, "test": opts.test, "target": opts.target,
                  "forces": opts.forces, "valid_fraction": None if opts.valid else opts.valid_fraction,
                  "split_seed": None if opts.valid else opts.split_seed,
-                 "sha256": {name: d.meta.get("sha256") for name, d in splits.items() if d is not None}},
+                 "sha256": {name: content_id(d) for name, d in splits.items() if d is not None}},
     }
     result, trainer = train_run(model, task, train_cfg, out, identity, resume,
                                 meta={"kind": MODEL_KIND, "model": model.config.to_dict()})
-    summary: dict[str, Any] = {"fit": result.summary(), "data": describe}
+    summary: dict[str, Any] = {"fit": result.summary(),
+                               "data": {name: describe(d) for name, d in splits.items() if d is not None}}
     if trainer.rank == 0:
         from egnn.atoms.model import load_model
         from egnn.experiments.plots import plot_training_curve
 
         best = load_model(out / "best", dtype=dtype)
+        per_atom = model.config.readout == "sum"
         for name, d in splits.items():
             if d is None or name == "train":
                 continue
-            pred = best.predict(graphs[name], forces=use_forces)
-            summary[name] = error_metrics(pred, d, plan.data.target, model.config.readout == "sum",
-                                          train_baseline(train))
-            parity_plots(pred, d, out / f"parity_{name}.png", title=f"{name}: {d.source}", target=plan.data.target,
-                         per_atom=model.config.readout == "sum")
+            pred, labels = predictions(best, d, graphs[name], use_forces)
+            summary[name] = error_metrics(pred, labels, opts.target, per_atom, train_baseline(train))
+            parity_plots(pred, labels, out / f"parity_{name}.png", title=f"{name}: {d.source}", target=opts.target,
+                         per_atom=per_atom)
         plot_training_curve(out / "log.csv", out / "training_curve.png", metric="weighted MSE (normalised)",
-                            train_label="train loss (per epoch)", title=f"egnn fit: {plan.data.train}")
+                            train_label="train loss (per epoch)", title=f"egnn fit: {opts.train}")
         write_json(out / "summary.json", _finite(summary))
     return result, summary
+
+
+def predictions(model: AtomsModel, d: AtomsData | FrameRows, graphs: Any = None, forces: bool = True,
+                batch_size: int = 64) -> tuple[dict[str, np.ndarray], AtomsData | StreamedPredictions]:
+    """Predictions of a file's frames (all in memory) or of a store's (streamed), with what
+    :func:`error_metrics` and :func:`parity_plots` compare them to."""
+    if isinstance(d, FrameRows):
+        streamed = StreamedPredictions(model, d, forces, batch_size)
+        return streamed.pred, streamed
+    return model.predict(graphs if graphs is not None else d, forces=forces, batch_size=batch_size), d
 
 
 def _finite(obj: Any) -> Any:
@@ -284,28 +344,24 @@ def _finite(obj: Any) -> Any:
     return obj if not isinstance(obj, float) or math.isfinite(obj) else None
 
 
-def _describe(d: AtomsData) -> dict[str, Any]:
-    info: dict[str, Any] = {"file": d.source, "frames": len(d), "atoms": int(len(d.z)),
-                            "elements": d.elements(), "periodic_frames": int(d.pbc.any(axis=1).sum()),
-                            "energy_key": d.energy_key, "forces_key": d.forces_key}
-    if "cache" in d.meta:
-        info["cache"] = d.meta["cache"]
-    return info
-
-
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def error_metrics(pred: dict[str, np.ndarray], data: AtomsData, name: str = "energy", per_atom: bool = True,
+def error_metrics(pred: dict[str, np.ndarray], data: AtomsData | StreamedPredictions, name: str = "energy",
+                  per_atom: bool = True,
                   baseline: dict[str, float] | None = None) -> dict[str, Any]:
     """MAE and RMSE of the target ``name`` (and per atom when ``per_atom``: extensive targets such as energies) and
     of the force components, beside the baselines of predicting the mean (``baseline["mean"]`` /
     ``baseline["mean_per_atom"]``, default this set's own means) and zero forces.
 
+    ``data`` may be the :class:`~egnn.experiments.fit.sources.StreamedPredictions` of a store (its force sums).
+
     Keys: ``<name>_mae``, ``<name>_rmse``, ``<name>_std``, ``baseline_mean_<name>_mae`` and the same with
     ``<name>_per_atom``; ``forces_mae``, ``forces_rmse``, ``baseline_zero_forces_mae``.
     """
-    out: dict[str, Any] = {"frames": len(data), "atoms": int(len(data.z))}
+    streamed = isinstance(data, StreamedPredictions)
+    out: dict[str, Any] = ({"frames": data.frames, "atoms": data.atoms} if streamed
+                           else {"frames": len(data), "atoms": int(len(data.z))})
     baseline = baseline or {}
     if data.energy is not None:
         n = data.n_atoms
@@ -317,7 +373,11 @@ def error_metrics(pred: dict[str, np.ndarray], data: AtomsData, name: str = "ene
             base = float(np.mean(true)) if base is None else base
             out.update({f"{key}_mae": float(np.abs(err).mean()), f"{key}_rmse": float(np.sqrt((err**2).mean())),
                         f"{key}_std": float(true.std()), f"baseline_mean_{key}_mae": float(np.abs(true - base).mean())})
-    if data.forces is not None and "forces" in pred:
+    if streamed and data.forces_sums is not None:  # every component, summed chunk by chunk
+        f_abs, f_sq, f_true_abs, count = data.forces_sums
+        out.update(forces_mae=f_abs / count, forces_rmse=float(np.sqrt(f_sq / count)),
+                   baseline_zero_forces_mae=f_true_abs / count)
+    elif data.forces is not None and "forces" in pred:
         ferr = pred["forces"] - data.forces
         out.update(
             forces_mae=float(np.abs(ferr).mean()), forces_rmse=float(np.sqrt((ferr**2).mean())),
@@ -326,11 +386,18 @@ def error_metrics(pred: dict[str, np.ndarray], data: AtomsData, name: str = "ene
     return out
 
 
-def train_baseline(train: AtomsData) -> dict[str, float]:
+def train_baseline(train: AtomsData | FrameRows) -> dict[str, float]:
     """Means of the target (total and per atom) on the training set: the baseline predictions."""
-    if train.energy is None:
-        return {}
-    return {"mean": float(np.mean(train.energy)), "mean_per_atom": float(np.mean(train.energy / train.n_atoms))}
+    chunks = train.chunks() if isinstance(train, FrameRows) else [train]
+    total = per_atom = 0.0
+    count = 0
+    for c in chunks:
+        if c.energy is None:
+            return {}
+        total += float(c.energy.sum())
+        per_atom += float((c.energy / c.n_atoms).sum())
+        count += len(c)
+    return {"mean": total / max(count, 1), "mean_per_atom": per_atom / max(count, 1)}
 
 
 def parity_plots(pred: dict[str, np.ndarray], data: AtomsData, path: str | Path, title: str = "",
@@ -371,13 +438,13 @@ def parity_plots(pred: dict[str, np.ndarray], data: AtomsData, path: str | Path,
 
 def evaluate_model(model: AtomsModel, path: str | Path, target: str | None = None, forces: str | None = None,
                    cache_dir: str | None = DEFAULT_CACHE_DIR, batch_size: int = 64) -> dict[str, Any]:
-    """MAE/RMSE of a model on a labelled file (keys default to those it was trained on)."""
+    """MAE/RMSE of a model on a labelled file or store (keys default to those it was trained on)."""
     target = target or model.config.target
     forces = forces if forces is not None else model.config.forces
-    data = load_dataset(path, target, forces, cache_dir=cache_dir, progress=False)
-    pred = model.predict(data, forces=forces is not None, batch_size=batch_size)
+    data = open_frames(path, target, forces, cache_dir=cache_dir)
+    pred, labels = predictions(model, data, forces=forces is not None, batch_size=batch_size)
     return {"file": str(path), "target": target, "forces": forces,
-            **error_metrics(pred, data, target, model.config.readout == "sum")}
+            **error_metrics(pred, labels, target, model.config.readout == "sum")}
 
 
 def predict_file(model: AtomsModel, path: str | Path, out: str | Path, batch_size: int = 64,
@@ -394,24 +461,32 @@ def predict_file(model: AtomsModel, path: str | Path, out: str | Path, batch_siz
         raise FitError(f"{out} exists; choose another --out (nothing is overwritten)")
     if Path(path).resolve() == out.resolve():
         raise FitError(f"--out {out} is the input file")
-    frames = read_frames(path)
-    data = from_atoms_list(frames, str(path), energy_key=None, forces_key=None, require_targets=False)
     forces = model.config.forces is not None if forces is None else forces
-    pred = model.predict(data, forces=forces, batch_size=batch_size)
     e_key = f"{model.config.target}_pred"
     f_key = f"{model.config.forces or 'forces'}_pred"
-    for i, atoms in enumerate(frames):
-        atoms.info[e_key] = float(pred["energy"][i])
-        if forces:
-            sl = slice(int(data.offsets[i]), int(data.offsets[i + 1]))
-            atoms.arrays[f_key] = pred["forces"][sl].copy()
+
+    def annotated() -> Any:  # chunks of ase.Atoms with their predictions (a store is never read whole)
+        chunks = (_store_atoms(path) if is_store(path) else
+                  [(frames := read_frames(path),
+                    from_atoms_list(frames, str(path), energy_key=None, forces_key=None, require_targets=False))])
+        for frames, data in chunks:
+            pred = model.predict(data, forces=forces, batch_size=batch_size)
+            for i, atoms in enumerate(frames):
+                atoms.info[e_key] = float(pred["energy"][i])
+                if forces:
+                    atoms.arrays[f_key] = pred["forces"][int(data.offsets[i]) : int(data.offsets[i + 1])].copy()
+            yield frames
+
     fmt = "extxyz" if out.suffix.lower() in (".extxyz", ".xyz") else None
     out.parent.mkdir(parents=True, exist_ok=True)
     # write beside the target, check that the format kept the predictions, then rename (never a partial OUT)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
     try:
+        count = 0
         try:
-            ase.io.write(str(tmp), frames, format=fmt)
+            for frames in annotated():
+                ase.io.write(str(tmp), frames, format=fmt, append=count > 0)
+                count += len(frames)
             back = ase.io.read(str(tmp), index="-1", format=fmt)
         except Exception as err:  # ASE's writers raise many kinds
             raise FitError(f"{out}: ASE cannot write predictions in this format ({type(err).__name__}: "
@@ -422,8 +497,27 @@ def predict_file(model: AtomsModel, path: str | Path, out: str | Path, batch_siz
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"file": str(path), "out": str(out), "frames": len(frames), "energy_key": e_key,
+    return {"file": str(path), "out": str(out), "frames": count, "energy_key": e_key,
             "forces_key": f_key if forces else None}
+
+
+def _store_atoms(path: str | Path, size: int = 1024) -> Any:
+    """A store's frames as ``(list of ase.Atoms, AtomsData)`` chunks, labels under the keys it was packed with."""
+    import ase
+
+    frames_all = open_frames(path, None, None)
+    assert isinstance(frames_all, FrameRows)
+    for data in frames_all.chunks(size):
+        atoms_list = []
+        for i in range(len(data)):
+            fr = data.frame(i)
+            atoms = ase.Atoms(numbers=fr["z"], positions=fr["pos"], cell=fr["cell"], pbc=fr["pbc"])
+            if data.energy is not None and data.energy_key:
+                atoms.info[data.energy_key] = float(fr["energy"][0])
+            if data.forces is not None and data.forces_key:
+                atoms.arrays[data.forces_key] = fr["forces"].copy()
+            atoms_list.append(atoms)
+        yield atoms_list, data
 
 
 def check_finite_summary(summary: dict[str, Any]) -> None:

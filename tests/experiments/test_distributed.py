@@ -1,0 +1,192 @@
+"""Data parallel training under ``torchrun`` (gloo, CPU, 1 thread per process): N processes give the same
+per-epoch losses, metrics and final weights as one (same global batch), for an energy + forces fit (a file and a
+store), a QM9 target and N-body; resume with another N; a killed rank ends the job with one line, and the run
+resumes as if never interrupted; refusals are one line, exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from egnn.checkpoint import load_checkpoint
+from egnn.experiments.cli import main
+
+pytestmark = pytest.mark.timing
+pytest.importorskip("ase")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def torchrun(n: int, argv: list[str], cwd: Path, script: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node n -m egnn.experiments.cli ARGV`` (or ``script`` instead of the
+    module), one thread per process, a bounded wait."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EGNN_DIST_TIMEOUT": "120",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    target = script or ["-m", "egnn.experiments.cli"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *target, *argv]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def log_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_course(a: Path, b: Path, rtol: float = 1e-5) -> None:
+    """Same steps and learning rates; losses and metrics to float tolerance; final and best weights close."""
+    ra, rb = log_rows(a), log_rows(b)
+    assert [(r["epoch"], r["step"], r["lr"], r["best_epoch"]) for r in ra] == \
+        [(r["epoch"], r["step"], r["lr"], r["best_epoch"]) for r in rb]
+    for key in ("train_loss", "valid", "test"):
+        x = [float(r[key]) for r in ra if r[key]]
+        y = [float(r[key]) for r in rb if r[key]]
+        np.testing.assert_allclose(x, y, rtol=rtol, err_msg=key)
+    for name in ("last", "best"):
+        wa, wb = load_checkpoint(a / name)[0]["model"], load_checkpoint(b / name)[0]["model"]
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=f"{name} {k}")
+
+
+def weights_moved(run: Path, other: Path) -> bool:
+    wa, wb = load_checkpoint(run / "last")[0]["model"], load_checkpoint(other / "last")[0]["model"]
+    return any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------------------------------------- egnn fit
+
+
+@pytest.fixture(scope="module")
+def emt(tmp_path_factory):
+    import ase.io
+
+    from egnn.experiments.fit.emt import EMTConfig, generate
+
+    root = tmp_path_factory.mktemp("ddp_fit")
+    frames = generate(EMTConfig(elements=("Cu", "Au"), n_frames=30, repeat=(1, 1, 2), seed=1))
+    ase.io.write(str(root / "train.extxyz"), frames[:25])
+    ase.io.write(str(root / "test.extxyz"), frames[25:])
+    assert main(["data", "pack", str(root / "train.extxyz"), "--out", str(root / "train.store"), "--forces",
+                 "forces", "--no-progress"]) == 0
+    assert main(["data", "pack", str(root / "test.extxyz"), "--out", str(root / "test.store"), "--energy",
+                 "energy", "--no-progress"]) == 0  # no forces in this store
+    return root
+
+
+def fit_args(data: str, out: Path, *extra: str) -> list[str]:
+    # batch 7 of 22 training frames: the last global batch has one frame, so some ranks have none
+    return ["fit", "--data", data, "--forces", "forces", "--cutoff", "4.0", "--hidden", "8", "--layers", "1",
+            "--rbf", "4", "--epochs", "3", "--batch-size", "7", "--eval-every", "1", "--lr", "1e-2",
+            "--warmup-steps", "0", "--no-cache", "--no-progress", "--threads", "1", "--out", str(out), *extra]
+
+
+def test_fit_with_forces_is_the_same_on_1_2_and_3_processes_from_a_file_or_a_store(emt):
+    train, test = str(emt / "train.extxyz"), str(emt / "test.extxyz")
+    assert main(fit_args(train, emt / "n1", "--test", test)) == 0
+    res = torchrun(2, fit_args(train, emt / "n2", "--test", test), emt)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_course(emt / "n1", emt / "n2")
+    # three processes reading the packed store with two loader workers each
+    res = torchrun(3, fit_args(str(emt / "train.store"), emt / "n3", "--test", test, "--workers", "2"), emt)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_course(emt / "n1", emt / "n3")
+    assert sorted(p.name for p in (emt / "n3").iterdir()) == sorted(p.name for p in (emt / "n1").iterdir())
+    # the weights did move: equality above is not the equality of untrained models
+    assert main(fit_args(train, emt / "n1_short", "--test", test, "--epochs", "1")) == 0
+    assert weights_moved(emt / "n1", emt / "n1_short")
+
+
+def test_resume_with_another_number_of_processes(emt):
+    train = str(emt / "train.extxyz")
+    flat = ("--final-lr-ratio", "1")  # a constant rate: a longer --epochs on resume keeps the schedule
+    assert main(fit_args(train, emt / "straight", *flat, "--epochs", "4")) == 0
+    res = torchrun(2, fit_args(train, emt / "resumed", *flat, "--epochs", "2"), emt)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = torchrun(3, fit_args(train, emt / "resumed", *flat, "--epochs", "4", "--resume"), emt)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_course(emt / "straight", emt / "resumed")
+
+
+def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes_as_if_never_killed(emt):
+    """Rank 1 SIGKILLs itself at its 22nd training step (epoch 6 of 6; 4 steps an epoch, a checkpoint after
+    epoch 5): the job ends without hanging, and ``--resume`` (one process) ends as the uninterrupted run."""
+    train = str(emt / "train.extxyz")
+    assert main(fit_args(train, emt / "whole", "--epochs", "6")) == 0
+    killer = [str(REPO / "tests" / "experiments" / "die_on_rank.py"), "--rank", "1", "--step", "22", "--"]
+    res = torchrun(2, fit_args(train, emt / "killed", "--epochs", "6"), emt, script=killer)
+    assert res.returncode != 0
+    ours = [line for line in res.stderr.splitlines() if line.startswith("egnn: error:")]
+    assert len(ours) <= 1 and all("rank 0: another rank stopped" in line for line in ours), res.stderr[-3000:]
+    assert load_checkpoint(emt / "killed" / "last")[1]["epoch"] == 5
+    assert len(log_rows(emt / "killed")) >= 5
+    assert main(fit_args(train, emt / "killed", "--epochs", "6", "--resume")) == 0
+    assert_same_course(emt / "whole", emt / "killed")
+
+
+def test_refusals_are_one_line_with_exit_code_2(emt, capsys):
+    train = str(emt / "train.extxyz")
+    # a store without forces when --forces is asked
+    assert main(fit_args(str(emt / "test.store"), emt / "nf")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test.store" in err[0] and "forces" in err[0]
+    assert not (emt / "nf").exists()
+    # a corrupt store
+    bad = emt / "corrupt.store"
+    import shutil
+
+    shutil.copytree(emt / "train.store", bad)
+    data = bytearray((bad / "positions.npy").read_bytes())
+    data[-5] ^= 0xFF
+    (bad / "positions.npy").write_bytes(bytes(data))
+    assert main(fit_args(str(bad), emt / "nc")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checksum" in err[0] and "positions" in err[0]
+    # torchrun with a folder another run holds: one line, from rank 0, and the folder untouched
+    before = {p.name: p.read_bytes() for p in (emt / "n1").iterdir() if p.is_file()}
+    res = torchrun(2, fit_args(train, emt / "n1"), emt)
+    assert res.returncode != 0
+    ours = [line for line in res.stderr.splitlines() if line.startswith("egnn: error:")]
+    assert ours == [line for line in ours if "rank 0: " in line and "already holds a run" in line] and len(ours) == 1
+    assert before == {p.name: p.read_bytes() for p in (emt / "n1").iterdir() if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------- QM9, N-body
+
+
+def test_qm9_target_is_the_same_on_1_2_and_3_processes(tmp_path):
+    from egnn.experiments.qm9 import data as qm9
+
+    if qm9.qm9pack_data_dir() is None:
+        pytest.skip("qm9pack is not installed")
+    data = tmp_path / "qm9"
+    qm9.prepare(data, limit=300, progress=False)
+    args = ["qm9", "train", "--target", "homo", "--data", str(data), "--max-train", "48", "--epochs", "2",
+            "--batch-size", "10", "--eval-every", "1", "--warmup-steps", "0", "--lr", "5e-3", "--device", "cpu",
+            "--no-progress", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "n1")]) == 0
+    for n in (2, 3):
+        res = torchrun(n, [*args, "--out", str(tmp_path / f"n{n}")], tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert_same_course(tmp_path / "n1", tmp_path / f"n{n}")
+
+
+def test_nbody_is_the_same_on_1_2_and_3_processes(tmp_path):
+    from egnn.experiments.nbody.data import generate_dataset
+    from egnn.experiments.nbody.files import save_split_files
+
+    data = tmp_path / "nbody"
+    data.mkdir()
+    save_split_files(data, generate_dataset(40, 20, 20, seed=7, progress=False))
+    args = ["nbody", "train", "--data", str(data), "--max-samples", "40", "--epochs", "2", "--batch-size", "9",
+            "--device", "cpu", "--no-progress", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "n1")]) == 0
+    for n in (2, 3):
+        res = torchrun(n, [*args, "--out", str(tmp_path / f"n{n}")], tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert_same_course(tmp_path / "n1", tmp_path / f"n{n}")
