@@ -19,11 +19,11 @@ def tiny_model(readout: str, seed: int = 0) -> AtomsModel:
     energies for an extensive one (U0)."""
     torch.manual_seed(seed)
     if readout == "mlp":
-        cfg = AtomsModelConfig(species=SPECIES, cutoff=None, hidden_nf=8, n_layers=1, readout="mlp", target="homo",
-                               scale=0.3, shift=-7.0)
+        cfg = AtomsModelConfig(species=SPECIES, cutoff=None, hidden_channels=8, num_layers=1, readout="mlp",
+                               target="homo", scale=0.3, shift=-7.0)
     else:
-        cfg = AtomsModelConfig(species=SPECIES, cutoff=None, hidden_nf=8, n_layers=1, readout="sum", target="U0",
-                               ref_energies=[-0.5, -38.0, -54.6, -75.0, -99.7], scale=0.05, shift=0.01)
+        cfg = AtomsModelConfig(species=SPECIES, cutoff=None, hidden_channels=8, num_layers=1, readout="sum",
+                               target="U0", ref_energies=[-0.5, -38.0, -54.6, -75.0, -99.7], scale=0.05, shift=0.01)
     return AtomsModel(cfg).eval()
 
 

@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
 
     ase.io.write(str(out / "train.extxyz"), frames)
     plan = ft.FitPlan(data=ft.DataOptions(train=str(out / "train.extxyz"), forces="forces", cache_dir=None),
-                      model=ft.ModelOptions(cutoff=4.0, hidden_nf=16, n_layers=2, n_rbf=4),
+                      model=ft.ModelOptions(cutoff=4.0, hidden_channels=16, num_layers=2, n_rbf=4),
                       loss=ft.LossOptions(energy_weight=1.0, forces_weight=1.0))
     cfg = TrainConfig(epochs=12, batch_size=8, lr=5e-3, schedule="cosine", eval_every=4, checkpoint_every=12,
                       progress=False, seed=0)

@@ -149,7 +149,7 @@ def test_import_egnn_and_model_work_without_ase():
         "import sys; sys.modules['ase'] = None\n"
         "import egnn, egnn.atoms, torch\n"
         "from egnn.atoms.model import AtomsModel, AtomsModelConfig\n"
-        "m = AtomsModel(AtomsModelConfig(species=[1], hidden_nf=4, n_layers=1))\n"
+        "m = AtomsModel(AtomsModelConfig(species=[1], hidden_channels=4, num_layers=1))\n"
         "from egnn.atoms.data import AtomsDataError, read_dataset\n"
         "try:\n    read_dataset(egnn.__file__)\nexcept AtomsDataError as e:\n    print(e)\n"
     )

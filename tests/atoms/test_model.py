@@ -22,7 +22,7 @@ def tiny_model(dtype=torch.float64, cutoff=3.5, seed=0, **kw):
     refs = [-0.5, -2.0, -3.0] if kw.get("readout", "sum") in ("sum", "spatial") else []
     if kw.get("readout") == "spatial":
         kw.setdefault("ref_spatial", [0.4, 1.1, 2.0])
-    cfg = AtomsModelConfig(species=[1, 8, 29], cutoff=cutoff, hidden_nf=8, n_layers=2, n_rbf=4,
+    cfg = AtomsModelConfig(species=[1, 8, 29], cutoff=cutoff, hidden_channels=8, num_layers=2, n_rbf=4,
                            ref_energies=refs, scale=0.7, shift=0.1, **kw)
     model = AtomsModel(cfg).to(dtype)
     # the node head starts at ordinary init; perturb so no output is trivially zero
@@ -240,7 +240,8 @@ def test_spatial_readout_fits_per_element_coefficients_about_the_charge_centre()
     np.testing.assert_allclose(stats["ref_spatial"], [alpha[v] for v in (1, 8, 29)], rtol=1e-9)
     np.testing.assert_allclose(stats["ref_energies"], [beta[v] for v in (1, 8, 29)], atol=1e-7)
     assert stats["shift"] == 0.0
-    model = AtomsModel(AtomsModelConfig(**stats, cutoff=None, hidden_nf=8, n_layers=1, readout="spatial")).double()
+    cfg = AtomsModelConfig(**stats, cutoff=None, hidden_channels=8, num_layers=1, readout="spatial")
+    model = AtomsModel(cfg).double()
     with torch.no_grad():  # no network correction: the prediction is the least-squares baseline
         model.head[1].weight.zero_()
         model.head[1].bias.zero_()
@@ -264,3 +265,14 @@ def test_reference_energies_need_the_sum_readout():
         AtomsModelConfig(species=[1, 8], readout="max")
     stats = fit_statistics(periodic_data(4), readout="mlp")
     assert stats["ref_energies"] == [0.0, 0.0, 0.0]
+
+
+def test_old_field_names_read_from_old_checkpoints():
+    """Configs written before the fields followed EGNN's names (``hidden_nf``, ``n_layers``) still load; the
+    constructor itself takes only the new names."""
+    old = {"species": [1, 8], "cutoff": 4.0, "hidden_nf": 8, "n_layers": 2}
+    cfg = AtomsModelConfig.from_dict(old)
+    assert (cfg.hidden_channels, cfg.num_layers) == (8, 2)
+    assert "hidden_nf" not in cfg.to_dict() and cfg.to_dict()["hidden_channels"] == 8
+    with pytest.raises(TypeError):
+        AtomsModelConfig(species=[1], hidden_nf=8)

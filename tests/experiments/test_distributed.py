@@ -51,7 +51,9 @@ def assert_same_course(a: Path, b: Path, rtol: float = 1e-5) -> None:
     for name in ("last", "best"):
         wa, wb = load_checkpoint(a / name)[0]["model"], load_checkpoint(b / name)[0]["model"]
         for k in wa:
-            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=f"{name} {k}")
+            # Adam divides by the root of the squared gradients: an element whose gradient is near zero moves by
+            # up to the learning rate on rounding differences of the reduction order (seen: 2e-5 after 10 steps)
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4, msg=f"{name} {k}")
 
 
 def weights_moved(run: Path, other: Path) -> bool:

@@ -2,7 +2,7 @@ r"""An invariant EGNN for energies (and forces ``F = -dE/dx``) of molecules and 
 predict stored with it: species map, per-element reference energies, normalisation, cut-off.
 
 The network is the paper's invariant EGNN (as for QM9, `arXiv:2102.09844 <https://arxiv.org/abs/2102.09844>`_,
-Section 5.3): a one-hot species embedding, ``n_layers`` :class:`~egnn.nn.EGCL` layers without coordinate update
+Section 5.3): a one-hot species embedding, ``num_layers`` :class:`~egnn.nn.EGCL` layers without coordinate update
 (positions enter through :math:`\|x_i - (x_j + s_{ij})\|^2`, with periodic image shifts :math:`s_{ij}`), edge
 inference and node attributes, then a readout. ``readout="sum"`` (energies) sums a per-atom head (extensive):
 
@@ -55,7 +55,7 @@ ELEMENTS = (
 
 MODEL_KIND = "egnn-atoms"
 READOUTS = ("sum", "mean", "mlp", "dipole", "spatial")
-# per-atom head outputs of each readout ("mlp": hidden_nf features for the graph head)
+# per-atom head outputs of each readout ("mlp": hidden_channels features for the graph head)
 _HEAD_OUT = {"sum": 1, "mean": 1, "dipole": 1, "spatial": 2}
 
 
@@ -92,19 +92,48 @@ class EnvelopeEGCL(EGCL):
 
 
 @dataclass
-class AtomsModelConfig:
-    """Architecture and data statistics of an :class:`AtomsModel` (stored as JSON with its weights).
+class AtomsArchitecture:
+    """The architecture of an :class:`AtomsModel`: what a user chooses (``egnn fit``'s model flags); the rest of
+    :class:`AtomsModelConfig` comes from the training data.
 
     Attributes:
-        species: atomic numbers of the training set (sorted); the one-hot embedding follows this order.
         cutoff: neighbour radius in Angstrom (``None``: complete graphs, non-periodic data only).
         images: periodic images beyond the minimum image.
-        hidden_nf, n_layers, attention, node_attr, act: as in :class:`~egnn.nn.EGNN`.
+        hidden_channels, num_layers, attention, node_attr, act: as in :class:`~egnn.nn.EGNN`.
         n_rbf: sine radial features per edge (with a cut-off).
         envelope_exponent: ``p`` of :func:`polynomial_envelope`.
         readout: ``"sum"`` (extensive, energies) or ``"mean"`` of the per-atom outputs, or ``"mlp"`` (node MLP,
             sum, graph MLP: the paper's QM9 readout, for targets that are not sums over atoms), ``"dipole"`` or
             ``"spatial"`` (see the module docstring).
+    """
+
+    cutoff: float | None = 5.0
+    images: bool = True
+    hidden_channels: int = 64
+    num_layers: int = 4
+    n_rbf: int = 8
+    envelope_exponent: int = 6
+    attention: bool = True
+    node_attr: bool = True
+    act: str = "silu"
+    readout: str = "sum"
+
+    def architecture(self) -> dict[str, Any]:
+        """The :class:`AtomsArchitecture` fields of this object."""
+        return {f.name: getattr(self, f.name) for f in fields(AtomsArchitecture)}
+
+
+# names of the fields before they followed EGNN's (read from old checkpoints)
+_OLD_NAMES = {"hidden_nf": "hidden_channels", "n_layers": "num_layers"}
+
+
+@dataclass
+class AtomsModelConfig(AtomsArchitecture):
+    """Architecture (:class:`AtomsArchitecture`) and data statistics of an :class:`AtomsModel` (stored as JSON with
+    its weights).
+
+    Attributes:
+        species: atomic numbers of the training set (sorted); the one-hot embedding follows this order.
         ref_energies: per-species reference energy (same order as ``species``); readout ``"spatial"``: the
             per-species constant :math:`\\beta_Z`.
         ref_spatial: readout ``"spatial"`` only: the per-species coefficient :math:`\\alpha_Z` of
@@ -113,17 +142,7 @@ class AtomsModelConfig:
         target: key of the graph-level target; ``forces``: key of the forces (or ``None``).
     """
 
-    species: list[int]
-    cutoff: float | None = 5.0
-    images: bool = True
-    hidden_nf: int = 64
-    n_layers: int = 4
-    n_rbf: int = 8
-    envelope_exponent: int = 6
-    attention: bool = True
-    node_attr: bool = True
-    act: str = "silu"
-    readout: str = "sum"
+    species: list[int] = field(default_factory=list)
     ref_energies: list[float] = field(default_factory=list)
     ref_spatial: list[float] = field(default_factory=list)
     scale: float = 1.0
@@ -159,6 +178,8 @@ class AtomsModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AtomsModelConfig:
+        """The config of a checkpoint's JSON (also with the old field names ``hidden_nf``, ``n_layers``)."""
+        d = {_OLD_NAMES.get(k, k): v for k, v in d.items()}
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown AtomsModelConfig field(s): {unknown}")
@@ -187,18 +208,19 @@ class AtomsModel(nn.Module):
         self.register_buffer("ref_energies", torch.tensor(c.ref_energies, dtype=torch.float64), persistent=False)
         self.register_buffer("ref_spatial", torch.tensor(c.ref_spatial, dtype=torch.float64), persistent=False)
         self.n_rbf = c.n_rbf if c.cutoff is not None else 0
-        self.embedding = nn.Linear(s, c.hidden_nf)
+        self.embedding = nn.Linear(s, c.hidden_channels)
         self.layers = nn.ModuleList(
-            EnvelopeEGCL(c.hidden_nf, c.hidden_nf, c.hidden_nf, edge_dim=self.n_rbf,
+            EnvelopeEGCL(c.hidden_channels, c.hidden_channels, c.hidden_channels, edge_dim=self.n_rbf,
                          node_attr_dim=s if c.node_attr else 0, act=c.act, residual=True, attention=c.attention,
                          update_coords=False)
-            for _ in range(c.n_layers)
+            for _ in range(c.num_layers)
         )
         self.act = make_activation(c.act)
         # per-atom head: to one number per atom, or (readout "mlp") to features summed and fed to the graph head
-        self.head = nn.ModuleList([nn.Linear(c.hidden_nf, c.hidden_nf),
-                                   nn.Linear(c.hidden_nf, _HEAD_OUT.get(c.readout, c.hidden_nf))])
-        self.graph_head = (nn.ModuleList([nn.Linear(c.hidden_nf, c.hidden_nf), nn.Linear(c.hidden_nf, 1)])
+        self.head = nn.ModuleList([nn.Linear(c.hidden_channels, c.hidden_channels),
+                                   nn.Linear(c.hidden_channels, _HEAD_OUT.get(c.readout, c.hidden_channels))])
+        width = c.hidden_channels
+        self.graph_head = (nn.ModuleList([nn.Linear(width, width), nn.Linear(width, 1)])
                            if c.readout == "mlp" else None)
 
     @property
@@ -244,7 +266,8 @@ class AtomsModel(nn.Module):
     # --- forward ----------------------------------------------------------------------------------------------
     def _node_outputs(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None
                       ) -> tuple[Tensor, Tensor]:
-        """The per-atom head's output ``[N, 1]`` (``[N, hidden_nf]`` for readout ``"mlp"``) and species indices."""
+        """The per-atom head's output ``[N, 1]`` (``[N, hidden_channels]`` for readout ``"mlp"``) and species
+        indices."""
         c = self.config
         idx = self.species_index(z)
         h0 = nn.functional.one_hot(idx, len(c.species)).to(pos.dtype)

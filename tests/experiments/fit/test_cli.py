@@ -91,7 +91,7 @@ def test_user_errors_are_one_line_exit_2(run, files, capsys, tmp_path):
     one_line_error(capsys, fit_args(files, run), "already holds a run", "--resume")
     # resuming with other settings is refused, naming the difference
     one_line_error(capsys, fit_args(files, run, "--resume", "--hidden", "9"), "cannot resume",
-                   "model.hidden_nf: run 8, now 9")
+                   "model.hidden_channels: run 8, now 9")
     one_line_error(capsys, fit_args(files, tmp_path / "r0", "--cutoff", "-1"), "--cutoff")
     one_line_error(capsys, fit_args(files, tmp_path / "r0", "--energy-weight", "0", "--forces-weight", "0"),
                    "the loss has no term")

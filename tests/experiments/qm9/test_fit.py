@@ -22,7 +22,7 @@ from egnn.experiments.qm9.atoms import load_atoms_splits, split_rows, to_atoms
 from egnn.testing import assert_equivariant
 
 N_SLICE = 300  # the slice of conftest.slice_dir
-TINY = {"hidden_nf": 16, "n_layers": 2}
+TINY = {"hidden_channels": 16, "num_layers": 2}
 
 
 @pytest.fixture(scope="module")

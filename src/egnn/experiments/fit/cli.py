@@ -136,8 +136,8 @@ def _run_fit(args: argparse.Namespace) -> int:
         data=ft.DataOptions(train=args.data, target=args.target, forces=args.forces, valid=args.valid,
                             valid_fraction=args.valid_fraction, test=args.test,
                             cache_dir=None if args.no_cache else args.cache, workers=args.workers),
-        model=ft.ModelOptions(cutoff=args.cutoff, images=not args.no_images, hidden_nf=args.hidden,
-                              n_layers=args.layers, n_rbf=args.rbf, attention=not args.no_attention,
+        model=ft.ModelOptions(cutoff=args.cutoff, images=not args.no_images, hidden_channels=args.hidden,
+                              num_layers=args.layers, n_rbf=args.rbf, attention=not args.no_attention,
                               readout=args.readout, reference=not args.no_reference),
         loss=ft.LossOptions(energy_weight=args.energy_weight, forces_weight=args.forces_weight, kind=args.loss),
     )

@@ -27,7 +27,7 @@ from egnn.experiments.run import code_version, write_json
 from egnn.experiments.trainer import TrainConfig
 
 # measured on 2 CPU cores with the default data (README, "Your own 3D data")
-EXAMPLE_MODEL = ft.ModelOptions(cutoff=4.5, hidden_nf=48, n_layers=3, n_rbf=8)
+EXAMPLE_MODEL = ft.ModelOptions(cutoff=4.5, hidden_channels=48, num_layers=3, n_rbf=8)
 EXAMPLE_TRAIN = ft.FIT_PRESET.train_config()
 EXAMPLE_LOSS = ft.LossOptions(energy_weight=10.0, forces_weight=1.0)
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from egnn.atoms.data import DEFAULT_CACHE_DIR, AtomsData, AtomsDataError
 from egnn.atoms.graphs import AtomsBatch, AtomsGraphs
 from egnn.atoms.loader import FrameRows, OnTheFlyGraphs
-from egnn.atoms.model import MODEL_KIND, AtomsModel, AtomsModelConfig, fit_statistics
+from egnn.atoms.model import MODEL_KIND, AtomsArchitecture, AtomsModel, AtomsModelConfig, fit_statistics
 from egnn.experiments.fit.sources import (
     StreamedPredictions,
     check_elements,
@@ -65,20 +65,12 @@ FIT_PRESET = Preset(
 
 
 @dataclass
-class ModelOptions:
-    """Architecture options of ``egnn fit`` (see :class:`~egnn.atoms.model.AtomsModelConfig`)."""
+class ModelOptions(AtomsArchitecture):
+    """Architecture options of ``egnn fit`` (:class:`~egnn.atoms.model.AtomsArchitecture`: ``cutoff``, ``images``,
+    ``hidden_channels``, ``num_layers``, ``n_rbf``, ``attention``, ``readout`` ...) and whether to fit per-element
+    least-squares baselines (readouts ``"sum"`` and ``"spatial"``)."""
 
-    cutoff: float | None = 5.0
-    images: bool = True
-    hidden_nf: int = 64
-    n_layers: int = 4
-    n_rbf: int = 8
-    attention: bool = True
-    node_attr: bool = True
-    act: str = "silu"
-    # "sum" (energies), "mean", "mlp" (non-additive targets: HOMO, gap ...); molecules only: "dipole", "spatial"
-    readout: str = "sum"
-    reference: bool = True  # fit per-element least-squares baselines (readouts "sum" and "spatial")
+    reference: bool = True
 
 
 @dataclass
@@ -240,12 +232,7 @@ def check_molecules(splits: dict[str, AtomsData | FrameRows | None], readout: st
 def build_model(train: AtomsData | FrameRows, model_opts: ModelOptions, data_opts: DataOptions) -> AtomsModel:
     """A fresh model whose species, reference energies and normalisation come from ``train``."""
     stats = fit_statistics(train, reference=model_opts.reference, readout=model_opts.readout)
-    cfg = AtomsModelConfig(
-        **stats, cutoff=model_opts.cutoff, images=model_opts.images, hidden_nf=model_opts.hidden_nf,
-        n_layers=model_opts.n_layers, n_rbf=model_opts.n_rbf, attention=model_opts.attention,
-        node_attr=model_opts.node_attr, act=model_opts.act, readout=model_opts.readout, target=data_opts.target,
-        forces=data_opts.forces,
-    )
+    cfg = AtomsModelConfig(**stats, **model_opts.architecture(), target=data_opts.target, forces=data_opts.forces)
     return AtomsModel(cfg)
 
 

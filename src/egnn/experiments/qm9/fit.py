@@ -82,7 +82,7 @@ class AtomsPreset:
 
     def model_options(self, target: str) -> dict[str, Any]:
         fam = self.recipe(target)
-        return {"hidden_nf": 64, "n_layers": 4, "attention": True, "node_attr": True, "act": "silu",
+        return {"hidden_channels": 64, "num_layers": 4, "attention": True, "node_attr": True, "act": "silu",
                 "cutoff": 5.0, "n_rbf": 16, **fam.model, "readout": fam.readout, "reference": fam.reference}
 
 
