@@ -61,7 +61,8 @@ import torch  # noqa: E402
 
 from egnn.atoms.data import AtomsData  # noqa: E402
 from egnn.atoms.loader import FrameRows, OnTheFlyGraphs  # noqa: E402
-from egnn.atoms.store import AtomsStore, StoreWriter, is_store, open_store  # noqa: E402
+from egnn.atoms.packing import StoreWriter  # noqa: E402
+from egnn.atoms.store import AtomsStore, is_store, open_store  # noqa: E402
 from egnn.experiments.run import code_version  # noqa: E402
 from egnn.runtime import tune_cpu_allocator  # noqa: E402
 
@@ -344,7 +345,7 @@ def bench_small(work: Path, args: argparse.Namespace) -> None:
     """The same frames from a file (in memory) and from its store (on the fly), one epoch each."""
     import ase.io
 
-    from egnn.atoms.store import pack
+    from egnn.atoms.packing import pack
 
     src = emt_file(work, args.pack_frames, args.emt_seed)
     n = args.small_frames

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from egnn.atoms import store as store_module
+import egnn.atoms.packing as store_module
 from egnn.atoms.data import AtomsData, AtomsDataError, file_sha256, read_dataset
-from egnn.atoms.store import AtomsStore, StoreWriter, is_store, open_store, pack
+from egnn.atoms.packing import StoreWriter, pack
+from egnn.atoms.store import AtomsStore, is_store, open_store
 from egnn.experiments.cli import main
 
 pytest.importorskip("ase")

@@ -179,8 +179,8 @@ def test_qm9_target_is_the_same_on_1_2_and_3_processes(tmp_path):
 
 
 def test_nbody_is_the_same_on_1_2_and_3_processes(tmp_path):
-    from egnn.experiments.nbody.simulate import generate_dataset
     from egnn.experiments.nbody.files import save_split_files
+    from egnn.experiments.nbody.simulate import generate_dataset
 
     data = tmp_path / "nbody"
     data.mkdir()

@@ -7,7 +7,8 @@ from egnn.atoms.data import AtomsData, AtomsDataError, load_dataset, read_datase
 from egnn.atoms.graphs import AtomsBatch, AtomsGraphs
 from egnn.atoms.model import AtomsModel, AtomsModelConfig, fit_statistics, load_model, save_model
 from egnn.atoms.neighbors import NeighborError, neighbor_list
-from egnn.atoms.store import AtomsStore, StoreWriter, open_store, pack
+from egnn.atoms.packing import StoreWriter, pack
+from egnn.atoms.store import AtomsStore, open_store
 
 __all__ = [
     "AtomsBatch",

@@ -49,7 +49,7 @@ _key.__name__ = "a key or 'none'"
 
 
 def _run_pack(args: argparse.Namespace) -> int:
-    from egnn.atoms.store import pack
+    from egnn.atoms.packing import pack
 
     summary = pack(args.files, args.out, energy_key=args.energy, forces_key=args.forces,
                    progress=not args.no_progress)
