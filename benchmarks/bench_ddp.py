@@ -87,7 +87,8 @@ def read_run(out: Path) -> dict[str, Any]:
 
 def run(cmds: list[list[str]], threads: int, timeout: float) -> tuple[float, list[str]]:
     """Start ``cmds`` together (one per simulated node), wait for all; wall time and each one's stderr."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    # LOGLEVEL=INFO: torchrun logs the ranks its rendezvous assigned (read below for the two-node job)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), LOGLEVEL="INFO")
     t = time.perf_counter()
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in cmds]
     outs = [p.communicate(timeout=timeout) for p in procs]
@@ -176,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"final valid {multi['valid']!r} vs {single['valid']!r}: {'identical' if same_valid else 'DIFFERENT'}; "
           f"last.safetensors model weights max |diff| {d_w:.3g}, EMA weights max |diff| {d_ema:.3g}")
     for r, err in enumerate(multi["stderr"]):
-        ranks = sorted(set(re.findall(r"group_rank=(\d+)", err)))
-        print(f"launch --node_rank {r}: torchrun's rendezvous gave it group_rank {','.join(ranks) or '?'}")
+        found = re.findall(r"global_ranks=\[([\d, ]*)\]", err)
+        rank = found[-1].strip() if found else "?"
+        print(f"launch --node_rank {r}: torchrun's rendezvous gave its process global rank {rank}"
+              + (" (it wrote the run folder)" if rank == "0" else ""))
     print("multi-node recipe (run the same line on each node, NODE = 0, 1; HOST:PORT = an address of the first "
           "node that every node can reach):")
     print("  OMP_NUM_THREADS=T torchrun --nnodes 2 --nproc_per_node P --node_rank NODE --rdzv-backend c10d "

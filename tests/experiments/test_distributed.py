@@ -88,31 +88,26 @@ def fit_args(data: str, out: Path, *extra: str) -> list[str]:
             "--warmup-steps", "0", "--no-cache", "--no-progress", "--threads", "1", "--out", str(out), *extra]
 
 
-def test_fit_with_forces_is_the_same_on_1_2_and_3_processes_from_a_file_or_a_store(emt):
+def test_fit_with_forces_is_the_same_on_1_2_and_3_processes_and_resumes_with_another_number(emt):
+    """Energy + forces: one process, two (a file), three (its store, two loader workers each) follow the same
+    course; the two-process run, resumed for one more epoch by three processes, equals a straight 4-epoch run."""
     train, test = str(emt / "train.extxyz"), str(emt / "test.extxyz")
-    assert main(fit_args(train, emt / "n1", "--test", test)) == 0
-    res = torchrun(2, fit_args(train, emt / "n2", "--test", test), emt)
+    flat = ("--test", test, "--final-lr-ratio", "1")  # a constant rate: a longer --epochs keeps the schedule
+    assert main(fit_args(train, emt / "n1", *flat)) == 0
+    res = torchrun(2, fit_args(train, emt / "n2", *flat), emt)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_course(emt / "n1", emt / "n2")
-    # three processes reading the packed store with two loader workers each
-    res = torchrun(3, fit_args(str(emt / "train.store"), emt / "n3", "--test", test, "--workers", "2"), emt)
+    res = torchrun(3, fit_args(str(emt / "train.store"), emt / "n3", *flat, "--workers", "2"), emt)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_course(emt / "n1", emt / "n3")
     assert sorted(p.name for p in (emt / "n3").iterdir()) == sorted(p.name for p in (emt / "n1").iterdir())
-    # the weights did move: equality above is not the equality of untrained models
-    assert main(fit_args(train, emt / "n1_short", "--test", test, "--epochs", "1")) == 0
-    assert weights_moved(emt / "n1", emt / "n1_short")
-
-
-def test_resume_with_another_number_of_processes(emt):
-    train = str(emt / "train.extxyz")
-    flat = ("--final-lr-ratio", "1")  # a constant rate: a longer --epochs on resume keeps the schedule
+    # resume with another number of processes
     assert main(fit_args(train, emt / "straight", *flat, "--epochs", "4")) == 0
-    res = torchrun(2, fit_args(train, emt / "resumed", *flat, "--epochs", "2"), emt)
+    res = torchrun(3, fit_args(train, emt / "n2", *flat, "--epochs", "4", "--resume"), emt)
     assert res.returncode == 0, res.stderr[-3000:]
-    res = torchrun(3, fit_args(train, emt / "resumed", *flat, "--epochs", "4", "--resume"), emt)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert_same_course(emt / "straight", emt / "resumed")
+    assert_same_course(emt / "straight", emt / "n2")
+    # the weights did move: the equalities above are not those of untrained models
+    assert weights_moved(emt / "n1", emt / "straight")
 
 
 def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes_as_if_never_killed(emt):

@@ -75,6 +75,20 @@ def _as_is(item: Any) -> Any:
     return item
 
 
+class _IndexBatches(torch.utils.data.Sampler):
+    """The index batches of the current pass: set before each pass, so one DataLoader (and its persistent
+    workers) serves every epoch."""
+
+    def __init__(self) -> None:
+        self.batches: list[Tensor] = []
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # neighbour lists are NumPy/SciPy work; torch threads would only compete
 
@@ -94,6 +108,11 @@ class OnTheFlyGraphs:
     def __init__(self, frames: FrameRows, cutoff: float | None, images: bool = True,
                  dtype: torch.dtype = torch.float32, workers: int = 0) -> None:
         self.frames, self.cutoff, self.images, self.dtype, self.workers = frames, cutoff, images, dtype, workers
+        self._sampler = _IndexBatches()
+        self._loader: torch.utils.data.DataLoader | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # what a spawned worker receives: no loader inside
+        return {**self.__dict__, "_loader": None}
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -111,11 +130,13 @@ class OnTheFlyGraphs:
             for idx in index_batches:
                 yield self.get(idx, device)
             return
-        dl = torch.utils.data.DataLoader(
-            _Batches(self), sampler=list(index_batches), batch_size=None, collate_fn=_as_is,
-            num_workers=self.workers, worker_init_fn=_worker_init, prefetch_factor=4,
-            pin_memory=device.type == "cuda")
-        for batch in dl:
+        if self._loader is None:  # workers start once and stay for every later pass (epochs, evaluations)
+            self._loader = torch.utils.data.DataLoader(
+                _Batches(self), sampler=self._sampler, batch_size=None, collate_fn=_as_is,
+                num_workers=self.workers, worker_init_fn=_worker_init, prefetch_factor=4, persistent_workers=True,
+                pin_memory=device.type == "cuda")
+        self._sampler.batches = list(index_batches)
+        for batch in self._loader:
             yield _to(batch, device)
 
 
