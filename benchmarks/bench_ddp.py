@@ -13,8 +13,11 @@ Reported per run: steps/s (``step`` / ``train_seconds`` of the last ``log.csv`` 
 steps and the per-epoch validation and test passes, not the start-up), the whole command's wall time, the final
 validation loss (the last row's ``valid``, the EMA weights' weighted MSE), the test force MAE of the best model
 (``summary.json``), and the time to a common loss: the ``train_seconds`` of the first epoch whose ``valid`` is at
-or below the largest of the three runs' final validation losses. The three final validation losses must agree to
-``--rtol`` (same global batches: the same course up to float rounding).
+or below the largest of the three runs' final validation losses. The three final validation losses are checked
+against ``--rtol`` (same global batches: the same course up to float rounding), and a table of the validation loss
+after every epoch shows where the runs part: 1 or 2 threads and 1 or 2 ranks sum in different orders, and a
+chaotic stretch of training (the force fit's loss spike as it leaves its plateau) can amplify those differences.
+The load average is printed beside each run: on a shared machine it, not the code, may set a ratio.
 
 The two-node job: two ``torchrun --nnodes 2 --nproc_per_node 1 --node_rank 0|1 --rdzv-backend c10d
 --rdzv-endpoint localhost:PORT --rdzv-id ID`` launches of the same command (same ``--out``: only global rank 0
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"code {code_version()}; torch {torch.__version__}; {os.cpu_count()} CPU(s)")
+    print(f"code {code_version()}; torch {torch.__version__}; {os.cpu_count()} CPU(s); load average (1, 5 min) "
+          f"{os.getloadavg()[0]:.2f}, {os.getloadavg()[1]:.2f}")
     train = data_file(work, args.frames, 3)
     test = data_file(work, args.test_frames, 4)
     runs = Path(tempfile.mkdtemp(dir=work, prefix="runs_"))
@@ -143,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         wall, errs = run(cmds, threads, args.timeout)
         out = Path(cmds[0][cmds[0].index("--out") + 1])
         results[name] = {**read_run(out), "wall": wall, "stderr": errs}
-        print(f"#   done in {wall:.1f} s", flush=True)
+        print(f"#   done in {wall:.1f} s; load average (1, 5 min) now {os.getloadavg()[0]:.2f}, "
+              f"{os.getloadavg()[1]:.2f}", flush=True)
 
     main3 = [n for n, _, _ in plans[:3]]
     threshold = max(results[n]["valid"] for n in main3)
@@ -164,6 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(abs(results[n]["valid"] - ref["valid"]) / ref["valid"] for n in main3)
     print(f"final validation losses of the 3 single-node runs agree to {worst:.2e} relative: "
           f"{'yes' if worst <= args.rtol else 'NO'} (asked: {args.rtol:g})")
+    # epoch by epoch: where the runs part (float rounding differs with threads and ranks; a chaotic stretch of
+    # training, such as a loss spike, can amplify it)
+    names = list(results)
+    print(f"{'epoch':>5} " + " ".join(f"{n:>20}" for n in names) + f" {'max rel. diff (3 single-node runs)':>36}")
+    for e in range(len(ref["rows"])):
+        values = [float(results[n]["rows"][e]["valid"]) for n in names]
+        single_values = [float(results[n]["rows"][e]["valid"]) for n in main3]
+        diff = max(abs(v - single_values[0]) for v in single_values) / single_values[0]
+        print(f"{e + 1:>5} " + " ".join(f"{v:>20.9g}" for v in values) + f" {diff:>36.2e}")
     for name in main3[1:]:
         print(f"last.safetensors weights, {name} vs 1 x 1: max |diff| "
               f"{max_abs_diff(results[name]['weights']['model'], ref['weights']['model']):.3g}")

@@ -31,7 +31,8 @@ Sections (each prints a table; the first line is the code version):
   Sizes run in the given order (the largest last); ``--fit-timeout`` stops a fit that runs longer and reports
   its peaks so far.
 
-Speed figures are only comparable within one run (the machine may be shared); the table header gives the commit.
+Speed figures are only comparable within one run (the machine may be shared: the load average is printed beside
+the timings); the first line gives the commit.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ ENERGY_NOISE = 0.01  # eV per frame
 FORCE_NOISE = 0.02  # eV/Angstrom per component
 SMALL_FIT_ARGS = "--hidden 16 --layers 1 --rbf 4 --cutoff 3.0 --batch-size 256 --workers 2 --threads 1"
 GIB = float(1 << 30)
+
+
+def load() -> str:
+    """The load average: on a shared machine it, not the code, may set a speed ratio."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
 def egnn_cmd(*args: str) -> list[str]:
@@ -229,7 +236,7 @@ def bench_loader(store: AtomsStore, args: argparse.Namespace) -> None:
         rows.append((workers, first, per_s))
     steps = time_steps(frames, bs, [1, 2], args.step_repeats)
     print(f"\n## loader vs train step: batch {bs}, cut-off 5 A, {args.loader_batches} batches from "
-          f"{store.source} ({len(store)} frames)")
+          f"{store.source} ({len(store)} frames); {load()}")
     print(f"{'train step':<18} {'ms/step':>8} {'frames/s':>9}")
     for t, s in steps.items():
         print(f"{f'{t} thread(s)':<18} {1e3 * s:>8.1f} {bs / s:>9.0f}")
@@ -374,7 +381,8 @@ def bench_small(work: Path, args: argparse.Namespace) -> None:
         steps, secs = int(row["step"]), float(row["train_seconds"])
         rate = steps / secs
         base_rate = base_rate or rate
-        print(f"{name:<18} {steps:>5} {secs:>8.2f} {rate:>8.2f} {rate / base_rate:>7.2f}x {wall:>7.1f}", flush=True)
+        print(f"{name:<18} {steps:>5} {secs:>8.2f} {rate:>8.2f} {rate / base_rate:>7.2f}x {wall:>7.1f}  ({load()})",
+              flush=True)
     print("(train s: log.csv train_seconds, the epoch's steps and its validation pass; wall: the whole command, "
           "reading the data and, for the file, building every neighbour list first)")
 
@@ -401,7 +409,8 @@ def bench_rss(stores: dict[int, AtomsStore], valid: Path, work: Path, args: argp
         peak = r["maxrss_kib"] if r["maxrss_kib"] is not None else max(r["main_hwm_kib"], r["worker_hwm_kib"])
         r["peak_gib"] = peak / (1 << 20)
         status = "" if r["finished"] else f"  STOPPED after {r['wall']:.0f} s (--fit-timeout): peaks so far"
-        print(f"# {frames} frames: wall {r['wall']:.1f} s, peak {r['peak_gib']:.3f} GiB{status}", flush=True)
+        print(f"# {frames} frames: wall {r['wall']:.1f} s, peak {r['peak_gib']:.3f} GiB{status}; {load()}",
+              flush=True)
     print(f"{'frames':>8} {'store GB':>9} {'steps':>6} {'train s':>8} {'wall s':>8} {'peak RSS GiB':>13} "
           f"{'fit proc GiB':>13} {'worker GiB':>11} {'workers':>8}")
     for r in rows:
@@ -448,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu_allocator()  # as the egnn command does
     torch.set_num_threads(1)
 
-    print(f"code {code_version()}; torch {torch.__version__}; {os.cpu_count()} CPU(s); work {work}")
+    print(f"code {code_version()}; torch {torch.__version__}; {os.cpu_count()} CPU(s); work {work}; {load()}")
     print(f"# synthetic stores: each frame a copy of one of {args.base_frames} EMT frames (seed 1) rattled by "
           f"{RATTLE} A, labels = the base frame's EMT energy/forces + N(0, {ENERGY_NOISE} eV) / N(0, {FORCE_NOISE} "
           "eV/A): synthetic labels; this measures memory and throughput, not accuracy", flush=True)

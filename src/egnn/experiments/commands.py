@@ -8,6 +8,7 @@ types below, so every numeric argument is checked when it is parsed, before any 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -224,6 +225,9 @@ def run_command(func: Callable[[], int | None]) -> int:
     rank, world = dist_info()
     where = f"rank {rank}: " if world > 1 else ""
     try:
+        if rank > 0:  # one copy of the results: rank 0 prints them (errors still come from any rank)
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                return int(func() or 0)
         return int(func() or 0)
     except PeerFailure:
         return 2
