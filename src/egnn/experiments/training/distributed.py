@@ -19,6 +19,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from egnn.experiments.training.task import LossTerms
+
 T = TypeVar("T")
 
 
@@ -72,6 +74,11 @@ def _collective(fn: Callable[[], T]) -> T:
     except (RuntimeError, OSError) as err:  # gloo/nccl report a lost peer as DistBackendError (a RuntimeError)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise RankError(f"rank {dist_info()[0]}: another rank stopped or did not answer in time ({first})") from None
+
+
+def reduce_device(device: torch.device) -> torch.device:
+    """Where this rank's tensors must be for a collective: nccl reduces CUDA tensors, gloo CPU tensors."""
+    return device if device.type == "cuda" else torch.device("cpu")
 
 
 def all_reduce_sum(values: Tensor) -> Tensor:
@@ -133,6 +140,22 @@ def agree(fn: Callable[[], T], user_errors: tuple[type[BaseException], ...] = (V
         assert error is not None
         raise error
     raise PeerFailure(f"rank {failed[0]} failed")
+
+
+def global_loss(terms: LossTerms, share: int, world: int, where: torch.device) -> tuple[Tensor, float]:
+    """This rank's part of a loss over the global batch, and the global loss's value (for the log).
+
+    Each term's count is summed over the ranks, so each rank's loss is its share of the global mean; it is
+    multiplied by ``world`` because DDP averages the gradients. A rank with no sample in a short last batch
+    (``share == 0``) has computed one to keep DDP's collectives in step, and weighs it zero.
+    """
+    if share == 0:
+        terms = LossTerms(terms.weights, [s * 0.0 for s in terms.sums], [0.0] * len(terms.counts))
+    counts = all_reduce_sum(torch.tensor(terms.counts, dtype=torch.float64, device=where))
+    loss = sum(w * s / counts[k].clamp_min(1e-300).to(s.dtype)
+               for k, (w, s) in enumerate(zip(terms.weights, terms.sums)))
+    value = float(all_reduce_sum(loss.detach().to(where, torch.float64).reshape(1)))
+    return loss * world, value
 
 
 # ------------------------------------------------------------------------------------------- global batches

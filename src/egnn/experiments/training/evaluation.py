@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from egnn.experiments.training.distributed import all_reduce_sum, dist_info, eval_batches
+from egnn.experiments.training.distributed import all_reduce_sum, dist_info, eval_batches, reduce_device
 from egnn.experiments.training.task import DataSplit, Task, iter_batches
 
 
@@ -35,10 +35,5 @@ def evaluate_split(
             bar.update(1)
     model.train(was_training)
     if world > 1:
-        sums = all_reduce_sum(sums.to(_reduce_device(device))).cpu()
+        sums = all_reduce_sum(sums.to(reduce_device(device))).cpu()
     return float(sums[0] / sums[1].clamp_min(1))
-
-
-def _reduce_device(device: torch.device) -> torch.device:
-    """nccl reduces CUDA tensors only; gloo CPU tensors."""
-    return device if device.type == "cuda" else torch.device("cpu")

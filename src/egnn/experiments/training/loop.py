@@ -20,30 +20,27 @@ from torch import Tensor, nn
 
 from egnn.experiments.training.distributed import (
     RankError,
-    all_reduce_sum,
     broadcast_object,
     epoch_order,
     global_batches,
+    global_loss,
     init_distributed,
     rank_share,
+    reduce_device,
     resolve_device,
 )
-from egnn.experiments.training.evaluation import _reduce_device, evaluate_split
-from egnn.experiments.training.state import RunState
-from egnn.experiments.training.task import DataSplit, FitResult, LossTerms, Task, TrainConfig, as_terms, iter_batches
-
-
-def _warm_ema(decay: float):
-    """EMA whose decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates, so short runs are
-    not dominated by the initial weights."""
-
-    @torch.no_grad()
-    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor | int) -> None:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        torch._foreach_lerp_(averaged, current, 1.0 - d)
-
-    return update
+from egnn.experiments.training.evaluation import evaluate_split
+from egnn.experiments.training.state import RunState, warm_ema
+from egnn.experiments.training.task import (
+    DataSplit,
+    FitResult,
+    LossTerms,
+    Task,
+    TrainConfig,
+    as_terms,
+    iter_batches,
+    learning_rate,
+)
 
 
 class Trainer:
@@ -58,7 +55,7 @@ class Trainer:
         self.model = model.to(self.device)
         # fused: one kernel for the whole update instead of several per parameter (same update, other rounding)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-        self.ema = (torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=_warm_ema(cfg.ema_decay))
+        self.ema = (torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=warm_ema(cfg.ema_decay))
                     if cfg.ema_decay else None)
         self.state = RunState(self.out, self.model, self.opt, self.ema, cfg, meta, self.rank)
         self.train_model: nn.Module = task.wrap(self.model) if task.wrap is not None else self.model
@@ -82,16 +79,7 @@ class Trainer:
         return self._steps_per_epoch
 
     def lr_at(self, step: int) -> float:
-        c = self.cfg
-        total = max(1, c.epochs * self.steps_per_epoch())
-        if c.warmup_steps and step < c.warmup_steps:
-            return c.lr * (step + 1) / c.warmup_steps
-        if c.schedule == "constant":
-            return c.lr
-        if c.schedule == "cosine":
-            t = min(1.0, (step - c.warmup_steps) / max(1, total - c.warmup_steps))
-            return c.lr * (c.final_lr_ratio + (1 - c.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {c.schedule!r}")
+        return learning_rate(self.cfg, step, self.cfg.epochs * self._steps_per_epoch)
 
     def eval_model(self) -> nn.Module:
         return self.state.eval_model()
@@ -113,16 +101,7 @@ class Trainer:
         out = self.task.loss(self.train_model, batch)
         if self.world == 1 and not isinstance(out, LossTerms):
             return out, float(out.detach())
-        terms = as_terms(out, max(share, 1))
-        if share == 0:  # this rank has no sample in a short last batch: it computes one and weighs it zero
-            terms = LossTerms(terms.weights, [s * 0.0 for s in terms.sums], [0.0] * len(terms.counts))
-        where = _reduce_device(self.device)
-        counts = all_reduce_sum(torch.tensor(terms.counts, dtype=torch.float64, device=where))
-        loss = sum(w * s / counts[k].clamp_min(1e-300).to(s.dtype)
-                   for k, (w, s) in enumerate(zip(terms.weights, terms.sums)))
-        value = float(all_reduce_sum(loss.detach().to(where, torch.float64).reshape(1)))
-        # DDP averages the gradients over the ranks; each rank's loss is its share of the global sum
-        return loss * self.world, value
+        return global_loss(as_terms(out, max(share, 1)), share, self.world, reduce_device(self.device))
 
     def _train_epoch(self, inner: Any) -> float:
         cfg = self.cfg

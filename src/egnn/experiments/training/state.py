@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from egnn.checkpoint import (
     CheckpointError,
@@ -115,6 +115,19 @@ class RunState:
         if self.rank == 0:
             path = self.out / "log.csv"
             append_text(path, _csv([row], header=not path.exists()))
+
+
+def warm_ema(decay: float):
+    """EMA whose decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates, so short runs are
+    not dominated by the initial weights."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor | int) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
 
 
 def _csv(rows: list[dict[str, Any]], header: bool) -> str:

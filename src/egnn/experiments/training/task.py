@@ -9,6 +9,7 @@ one trains). The trainer decides which samples form each batch (:mod:`.distribut
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
@@ -107,6 +108,19 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of ``step``: linear warm-up, then constant or cosine down to ``lr * final_lr_ratio`` at
+    ``total_steps`` (a function of the step alone, so a resumed run continues the same schedule)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, max(1, total_steps) - cfg.warmup_steps))
+        return cfg.lr * (cfg.final_lr_ratio + (1 - cfg.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
 
 
 # settings that may differ between a run and its resumption without changing its course
