@@ -26,6 +26,7 @@ from egnn.experiments.plots import plot_training_curve, pyplot
 from egnn.experiments.registry import Registry
 from egnn.experiments.run import LRRule, Preset, grid_cell, load_trained, train_run, write_json
 from egnn.experiments.trainer import FitResult, Task, TrainConfig
+from egnn.experiments.training.distributed import agree
 
 # Training presets.
 # ``paper``: the reference's settings (vgsatorras/egnn ``main_ae.py`` defaults and README commands): Adam,
@@ -153,7 +154,7 @@ def train_ae(
     cfg = train_config_for(preset, model_name=model_name, **train_overrides)
     out = Path(out_dir)
     t0 = time.perf_counter()
-    splits = load_ae_dataset(dataset, split_sizes)
+    splits = agree(lambda: load_ae_dataset(dataset, split_sizes))  # under torchrun: reported once
     identity = {"dataset": dataset, "split_sizes": {k: len(v) for k, v in splits.items()}, "preset": preset}
     result, best, device = _fit(model_name, splits, out, cfg, hparams or {}, identity, resume)
     test = evaluate_ae(best, splits["test"], device, seed=eval_seed).as_dict()

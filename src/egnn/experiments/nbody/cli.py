@@ -78,10 +78,14 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from egnn.experiments.nbody.train import train_nbody
+    from egnn.experiments.training.distributed import agree
 
-    if not Path(args.data).is_dir():
-        raise CLIError(f"data folder {args.data!r} does not exist; create it with "
-                       f"`egnn nbody generate --out {args.data}`")
+    def check_data() -> None:  # under torchrun: said once, by the lowest rank that lacks the folder
+        if not Path(args.data).is_dir():
+            raise CLIError(f"data folder {args.data!r} does not exist; create it with "
+                           f"`egnn nbody generate --out {args.data}`")
+
+    agree(check_data)
     out = args.out or f"runs/nbody_{args.model}_{args.preset}"
     result = train_nbody(args.model, args.data, out, preset=args.preset, dataset=args.dataset,
                          max_samples=args.max_samples, resume=args.resume, **trainer_overrides(args))

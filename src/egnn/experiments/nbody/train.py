@@ -17,6 +17,7 @@ from egnn.experiments.plots import plot_training_curve, pyplot
 from egnn.experiments.registry import Registry
 from egnn.experiments.run import LRRule, Preset, fingerprint_files, load_trained, train_run
 from egnn.experiments.trainer import FitResult, Task, TrainConfig, evaluate_split, resolve_device
+from egnn.experiments.training.distributed import agree
 
 # Training presets. ``paper``: the reference repository's N-body settings (README of vgsatorras/egnn:
 # batch 100, 10000 epochs, weight decay 1e-12, evaluation every 5 epochs, the model's own lr, 3000 samples).
@@ -80,7 +81,8 @@ def train_nbody(
     spec = NBODY_MODELS.get(model_name)
     cfg = train_config_for(model_name, preset, **train_overrides)
     hp = {**spec.hparams, **(hparams or {})}
-    splits = load_nbody(data_dir, dataset, max_samples=max_samples, valid_test_from=valid_test_from)
+    # under torchrun a missing or bad data set is reported once, by the lowest rank that met it
+    splits = agree(lambda: load_nbody(data_dir, dataset, max_samples=max_samples, valid_test_from=valid_test_from))
     torch.manual_seed(cfg.seed)
     model = spec.build(**hp)
     identity = {"experiment": "nbody", "model": model_name, "hparams": hp, "dataset": dataset,

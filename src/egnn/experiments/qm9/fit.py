@@ -42,6 +42,7 @@ from egnn.experiments.qm9.train import PAPER_MAE, _data_fingerprint
 from egnn.experiments.registry import Registry
 from egnn.experiments.run import LRRule, Preset, train_run
 from egnn.experiments.trainer import FitResult, Task, TrainConfig
+from egnn.experiments.training.distributed import agree
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "energy": ("U0", "U", "H", "G"),
@@ -176,7 +177,8 @@ def train_target(
     cfg = p.train_config(target, **train_overrides)
     options = {**p.model_options(target), **(hparams or {})}
     out = Path(out or f"runs/qm9_{target}_{preset}")
-    splits = load_atoms_splits(data_dir, target, max_train)
+    # under torchrun a missing or bad data set is reported once, by the lowest rank that met it
+    splits = agree(lambda: load_atoms_splits(data_dir, target, max_train))
     torch.manual_seed(cfg.seed)
     model = build_model(splits["train"], options, target)
     graphs = {name: AtomsGraphs(d, model.config.cutoff, dtype=torch.float32) for name, d in splits.items()}

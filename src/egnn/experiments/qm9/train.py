@@ -30,6 +30,7 @@ from egnn.experiments.qm9.model import PAPER_HPARAMS, build_model, predict
 from egnn.experiments.registry import Registry
 from egnn.experiments.run import LRRule, Preset, load_trained, train_run
 from egnn.experiments.trainer import FitResult, Task, TrainConfig, evaluate_split, resolve_device
+from egnn.experiments.training.distributed import agree
 from egnn.ops import fully_connected_edges
 
 # EGNN test MAE of arXiv:2102.09844, Table 3 (units of qm9.TARGETS).
@@ -264,7 +265,8 @@ def train_qm9(
     hp = {**p.model, **(hparams or {})}
     max_train = max_train if max_train is not None else p.data.get("max_train")
     out = Path(out or f"runs/qm9_{target}_{preset}")
-    splits = load_splits_for(data_dir, target, max_train)
+    # under torchrun a missing or bad data set is reported once, by the lowest rank that met it
+    splits = agree(lambda: load_splits_for(data_dir, target, max_train))
     norm = Normalizer.fit(splits["train"].y.numpy())
     torch.manual_seed(cfg.seed)
     model = build_model(**hp)

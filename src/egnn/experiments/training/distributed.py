@@ -98,9 +98,9 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
-def on_rank0(fn: Callable[[], T], user_errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> T:
-    """Run ``fn`` on rank 0 only and give every rank its result; if it raises a user error, rank 0 re-raises it
-    and the others stop with :class:`PeerFailure` (so the cause is printed once, by rank 0)."""
+def on_rank0(fn: Callable[[], T], user_errors: tuple[type[BaseException], ...] = (Exception,)) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result; if it raises, rank 0 re-raises the error and the
+    others stop with :class:`PeerFailure` (so the cause is printed once, by rank 0)."""
     rank, world = init_distributed()
     if world == 1:
         return fn()
@@ -119,9 +119,9 @@ def on_rank0(fn: Callable[[], T], user_errors: tuple[type[BaseException], ...] =
     raise PeerFailure("rank 0 failed")
 
 
-def agree(fn: Callable[[], T], user_errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> T:
-    """Run ``fn`` on every rank; if any rank raises a user error, the lowest such rank re-raises it and the others
-    stop with :class:`PeerFailure` (a bad input file, seen by every rank, is reported once)."""
+def agree(fn: Callable[[], T], user_errors: tuple[type[BaseException], ...] = (Exception,)) -> T:
+    """Run ``fn`` on every rank; if any rank raises, the lowest such rank re-raises its error and the others stop
+    with :class:`PeerFailure` (a bad input file, seen by every rank, is reported once)."""
     rank, world = init_distributed()
     if world == 1:
         return fn()
