@@ -52,7 +52,8 @@ def _step(label: str) -> None:
 # ------------------------------------------------------------------------------------------- atomic files
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every platform or file system opens folders)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # not supported (e.g. some network file systems): the rename is still atomic
@@ -92,7 +93,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     _step("rename")
     os.replace(tmp, path)
     _step("dirsync")
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -369,12 +369,60 @@ def _parse_comment(line: str) -> dict[str, Any] | None:
     return out
 
 
+def parse_extxyz_frame(comment: str, atom_lines: list[str]) -> _Frame | None:
+    """One extxyz frame from its comment line and its atom lines (ASE's value conversion), or ``None`` when it
+    uses anything this reader leaves to ASE."""
+    from ase.data import atomic_numbers
+
+    n = len(atom_lines)
+    info = _parse_comment(comment)
+    if info is None:
+        return None
+    props = info.pop("Properties").split(":")
+    if len(props) % 3 or props[:2] != ["species", "S"]:
+        return None
+    columns = [(props[k], props[k + 1], int(props[k + 2])) for k in range(0, len(props), 3)]
+    width = sum(c[2] for c in columns)
+    rows = [line.split() for line in atom_lines]
+    if any(len(r) != width for r in rows):
+        return None
+    table = np.array(rows, dtype=str).reshape(n, width)
+    arrays: dict[str, np.ndarray] = {}
+    col = 0
+    for name, kind, count in columns:
+        if kind not in _COLUMN_TYPES:
+            return None
+        block = table[:, col : col + count]
+        col += count
+        if kind == "R":
+            value = block.astype(np.float64)
+        elif kind == "I":
+            value = block.astype(np.int64)
+        elif kind == "L":
+            value = np.vectorize(_BOOLS.__getitem__, otypes=[bool])(block) if n else block.astype(bool)
+        else:
+            value = block
+        arrays[name] = value[:, 0] if count == 1 else value
+    try:
+        numbers = np.array([atomic_numbers[sym] for sym in arrays.pop("species")], dtype=np.int64)
+    except KeyError:
+        return None
+    if "pos" not in arrays:
+        return None
+    positions = arrays.pop("pos")
+    lattice = info.pop("Lattice", None)
+    pbc = info.pop("pbc", None)
+    if pbc is None:
+        pbc = np.full(3, lattice is not None)  # ASE's default: periodic exactly when a lattice is given
+    cell = lattice if lattice is not None else np.zeros((3, 3))
+    return _Frame(numbers, positions, cell, np.asarray(pbc, dtype=bool).reshape(3), info, arrays)
+
+
 def read_extxyz_fast(path: str | os.PathLike) -> list[_Frame] | None:
     """Frames of a plain extended-XYZ file without building ``ase.Atoms`` (several times faster than
     ``ase.io.read`` on many small frames), or ``None`` if the file uses a feature this reader leaves to ASE.
     Values match ASE's reader: ``atoms.info`` keys, per-atom columns in ``arrays``, ``Lattice`` rows as the cell,
     ``pbc`` (default: true with a ``Lattice``)."""
-    from ase.data import atomic_numbers
 
     with open(path) as fh:
         lines = fh.read().split("\n")
@@ -391,47 +439,10 @@ def read_extxyz_fast(path: str | os.PathLike) -> list[_Frame] | None:
             return None
         if n < 0 or i + 2 + n > n_lines:  # truncated: ASE reports it
             return None
-        info = _parse_comment(lines[i + 1])
-        if info is None:
+        frame = parse_extxyz_frame(lines[i + 1], lines[i + 2 : i + 2 + n])
+        if frame is None:
             return None
-        props = info.pop("Properties").split(":")
-        if len(props) % 3 or props[:2] != ["species", "S"]:
-            return None
-        columns = [(props[k], props[k + 1], int(props[k + 2])) for k in range(0, len(props), 3)]
-        width = sum(c[2] for c in columns)
-        rows = [line.split() for line in lines[i + 2 : i + 2 + n]]
-        if len(rows) != n or any(len(r) != width for r in rows):
-            return None
-        table = np.array(rows, dtype=str).reshape(n, width)
-        arrays: dict[str, np.ndarray] = {}
-        col = 0
-        for name, kind, count in columns:
-            if kind not in _COLUMN_TYPES:
-                return None
-            block = table[:, col : col + count]
-            col += count
-            if kind == "R":
-                value = block.astype(np.float64)
-            elif kind == "I":
-                value = block.astype(np.int64)
-            elif kind == "L":
-                value = np.vectorize(_BOOLS.__getitem__, otypes=[bool])(block) if n else block.astype(bool)
-            else:
-                value = block
-            arrays[name] = value[:, 0] if count == 1 else value
-        try:
-            numbers = np.array([atomic_numbers[sym] for sym in arrays.pop("species")], dtype=np.int64)
-        except KeyError:
-            return None
-        if "pos" not in arrays:
-            return None
-        positions = arrays.pop("pos")
-        lattice = info.pop("Lattice", None)
-        pbc = info.pop("pbc", None)
-        if pbc is None:
-            pbc = np.full(3, lattice is not None)
-        cell = lattice if lattice is not None else np.zeros((3, 3))
-        frames.append(_Frame(numbers, positions, cell, np.asarray(pbc, dtype=bool).reshape(3), info, arrays))
+        frames.append(frame)
         i += 2 + n
     return frames
 

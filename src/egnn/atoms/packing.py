@@ -16,14 +16,12 @@ from typing import IO, Any
 import numpy as np
 
 from egnn.atoms.data import (
-    _BOOLS,
-    _COLUMN_TYPES,
     AtomsData,
     AtomsDataError,
     _Frame,
-    _parse_comment,
     file_sha256,
     frame_arrays,
+    parse_extxyz_frame,
     require_ase,
 )
 from egnn.atoms.store import (
@@ -38,6 +36,7 @@ from egnn.atoms.store import (
     _npy_header,
     open_store,
 )
+from egnn.checkpoint import fsync_dir
 
 __all__ = ["StoreWriter", "pack"]
 
@@ -198,7 +197,7 @@ class StoreWriter:
             raise AtomsDataError(f"{self.out} exists; choose another --out (nothing is overwritten)")
         os.rename(self.partial, self.out)
         self._created = False
-        _fsync_folder(self.out.parent)
+        fsync_dir(self.out.parent)
 
     def _abort(self) -> None:
         for out in self._files.values():
@@ -209,18 +208,6 @@ class StoreWriter:
             self._created = False
 
 
-def _fsync_folder(path: Path) -> None:
-    """Make a rename durable (best effort: not every platform opens folders)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------- packing
@@ -261,54 +248,14 @@ class _ExtxyzStream:
             yield frame
 
     def _frame(self, head: bytes) -> _Frame | None:
-        from ase.data import atomic_numbers
-
         n = int(head)
         if n < 0:
             return None
         comment = self._line()
-        info = _parse_comment(comment.decode()) if comment else None
-        if info is None:
+        lines = [self._line() for _ in range(n)]
+        if not comment or not all(lines):  # truncated: ASE reports it
             return None
-        props = info.pop("Properties").split(":")
-        if len(props) % 3 or props[:2] != ["species", "S"]:
-            return None
-        columns = [(props[k], props[k + 1], int(props[k + 2])) for k in range(0, len(props), 3)]
-        if any(kind not in _COLUMN_TYPES for _, kind, _ in columns):
-            return None
-        width = sum(count for _, _, count in columns)
-        rows = []
-        for _ in range(n):
-            raw = self._line()
-            if not raw:  # truncated: ASE reports it
-                return None
-            rows.append(raw.decode().split())
-        if any(len(r) != width for r in rows):
-            return None
-        table = np.array(rows, dtype=str).reshape(n, width)
-        arrays: dict[str, np.ndarray] = {}
-        first = 0
-        for name, kind, count in columns:
-            block = table[:, first : first + count]
-            first += count
-            if kind == "R":
-                value = block.astype(np.float64)
-            elif kind == "I":
-                value = block.astype(np.int64)
-            elif kind == "L":
-                value = np.array([[_BOOLS[v] for v in row] for row in block.tolist()], dtype=bool).reshape(n, count)
-            else:
-                value = block
-            arrays[name] = value[:, 0] if count == 1 else value
-        numbers = np.array([atomic_numbers[s] for s in arrays.pop("species").tolist()], dtype=np.int64)
-        if "pos" not in arrays:
-            return None
-        positions = arrays.pop("pos")
-        lattice, pbc = info.pop("Lattice", None), info.pop("pbc", None)
-        if pbc is None:
-            pbc = np.full(3, lattice is not None)  # ASE's default: periodic exactly when a lattice is given
-        cell = lattice if lattice is not None else np.zeros((3, 3))
-        return _Frame(numbers, positions, cell, np.asarray(pbc, dtype=bool).reshape(3), info, arrays)
+        return parse_extxyz_frame(comment.decode(), [raw.decode() for raw in lines])
 
     def hash_rest(self) -> None:
         for block in iter(lambda: self.fh.read(BLOCK), b""):
