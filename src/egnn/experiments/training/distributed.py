@@ -3,7 +3,7 @@ their per-rank shares, sums reduced over ranks, and setup errors agreed on by ev
 
 Launch any training command as ``torchrun --nproc_per_node N -m egnn.experiments.cli ...`` (one node),
 ``torchrun --nnodes M --node_rank R --rdzv-backend c10d --rdzv-endpoint HOST:PORT ...`` (several nodes) or
-``srun torchrun ...`` (SLURM). The backend is gloo on CPU, nccl on CUDA. Every collective has a timeout
+``srun torchrun ...`` (SLURM). The backend is gloo on CPU, nccl for CUDA tensors. Every collective has a timeout
 (``EGNN_DIST_TIMEOUT`` seconds, default 600), so a rank that stops never leaves the others waiting for ever.
 
 Outside ``torchrun`` (``WORLD_SIZE`` unset) every function here is the single-process identity.
@@ -63,7 +63,8 @@ def init_distributed() -> tuple[int, int]:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timeout())
+        # with CUDA: nccl for CUDA tensors (gradients, metrics), gloo for the few CPU ones (setup agreement)
+        torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout())
     return rank, world
 
 
