@@ -6,7 +6,7 @@ whole-store fit, loader throughput against the train step, and the in-memory pat
 
 Sections (each prints a table; the first line is the code version):
 
-- **stores**: synthetic stores of ``--sizes`` frames, written with :class:`egnn.atoms.store.StoreWriter` in chunks
+- **stores**: synthetic stores of ``--sizes`` frames, written with :class:`egnn.atoms.packing.StoreWriter` in chunks
   of ``--chunk`` frames. Computing EMT for 10^6 frames would take hours, so EMT energies and forces are computed
   for ``--base-frames`` frames (32-atom rattled, strained fcc Cu/Au cells, a quarter with a vacancy:
   :func:`egnn.experiments.fit.emt.generate`) and every stored frame is a copy of a random base frame, rattled
