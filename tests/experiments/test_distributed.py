@@ -88,69 +88,71 @@ def fit_args(data: str, out: Path, *extra: str) -> list[str]:
             "--warmup-steps", "0", "--no-cache", "--no-progress", "--threads", "1", "--out", str(out), *extra]
 
 
-def test_fit_with_forces_is_the_same_on_1_2_and_3_processes_and_resumes_with_another_number(emt):
+def test_fit_with_forces_is_the_same_on_1_2_and_3_processes_and_resumes_with_another_number(emt, tmp_path):
     """Energy + forces: one process, two (a file), three (its store, two loader workers each) follow the same
     course; the two-process run, resumed for one more epoch by three processes, equals a straight 4-epoch run."""
     train, test = str(emt / "train.extxyz"), str(emt / "test.extxyz")
     flat = ("--test", test, "--final-lr-ratio", "1")  # a constant rate: a longer --epochs keeps the schedule
-    assert main(fit_args(train, emt / "n1", *flat)) == 0
-    res = torchrun(2, fit_args(train, emt / "n2", *flat), emt)
+    assert main(fit_args(train, tmp_path / "n1", *flat)) == 0
+    res = torchrun(2, fit_args(train, tmp_path / "n2", *flat), emt)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert_same_course(emt / "n1", emt / "n2")
-    res = torchrun(3, fit_args(str(emt / "train.store"), emt / "n3", *flat, "--workers", "2"), emt)
+    assert_same_course(tmp_path / "n1", tmp_path / "n2")
+    res = torchrun(3, fit_args(str(emt / "train.store"), tmp_path / "n3", *flat, "--workers", "2"), emt)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert_same_course(emt / "n1", emt / "n3")
-    assert sorted(p.name for p in (emt / "n3").iterdir()) == sorted(p.name for p in (emt / "n1").iterdir())
+    assert_same_course(tmp_path / "n1", tmp_path / "n3")
+    assert sorted(p.name for p in (tmp_path / "n3").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "n1").iterdir())
     # resume with another number of processes
-    assert main(fit_args(train, emt / "straight", *flat, "--epochs", "4")) == 0
-    res = torchrun(3, fit_args(train, emt / "n2", *flat, "--epochs", "4", "--resume"), emt)
+    assert main(fit_args(train, tmp_path / "straight", *flat, "--epochs", "4")) == 0
+    res = torchrun(3, fit_args(train, tmp_path / "n2", *flat, "--epochs", "4", "--resume"), emt)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert_same_course(emt / "straight", emt / "n2")
+    assert_same_course(tmp_path / "straight", tmp_path / "n2")
     # the weights did move: the equalities above are not those of untrained models
-    assert weights_moved(emt / "n1", emt / "straight")
+    assert weights_moved(tmp_path / "n1", tmp_path / "straight")
 
 
-def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes_as_if_never_killed(emt):
+def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes_as_if_never_killed(emt, tmp_path):
     """Rank 1 SIGKILLs itself at its 22nd training step (epoch 6 of 6; 4 steps an epoch, a checkpoint after
     epoch 5): the job ends without hanging, and ``--resume`` (one process) ends as the uninterrupted run."""
     train = str(emt / "train.extxyz")
-    assert main(fit_args(train, emt / "whole", "--epochs", "6")) == 0
+    assert main(fit_args(train, tmp_path / "whole", "--epochs", "6")) == 0
     killer = [str(REPO / "tests" / "experiments" / "die_on_rank.py"), "--rank", "1", "--step", "22", "--"]
-    res = torchrun(2, fit_args(train, emt / "killed", "--epochs", "6"), emt, script=killer)
+    res = torchrun(2, fit_args(train, tmp_path / "killed", "--epochs", "6"), emt, script=killer)
     assert res.returncode != 0
     ours = [line for line in res.stderr.splitlines() if line.startswith("egnn: error:")]
     assert len(ours) <= 1 and all("rank 0: another rank stopped" in line for line in ours), res.stderr[-3000:]
-    assert load_checkpoint(emt / "killed" / "last")[1]["epoch"] == 5
-    assert len(log_rows(emt / "killed")) >= 5
-    assert main(fit_args(train, emt / "killed", "--epochs", "6", "--resume")) == 0
-    assert_same_course(emt / "whole", emt / "killed")
+    assert load_checkpoint(tmp_path / "killed" / "last")[1]["epoch"] == 5
+    assert len(log_rows(tmp_path / "killed")) >= 5
+    assert main(fit_args(train, tmp_path / "killed", "--epochs", "6", "--resume")) == 0
+    assert_same_course(tmp_path / "whole", tmp_path / "killed")
 
 
-def test_refusals_are_one_line_with_exit_code_2(emt, capsys):
+def test_refusals_are_one_line_with_exit_code_2(emt, tmp_path, capsys):
     train = str(emt / "train.extxyz")
     # a store without forces when --forces is asked
-    assert main(fit_args(str(emt / "test.store"), emt / "nf")) == 2
+    assert main(fit_args(str(emt / "test.store"), tmp_path / "nf")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "test.store" in err[0] and "forces" in err[0]
-    assert not (emt / "nf").exists()
+    assert not (tmp_path / "nf").exists()
     # a corrupt store
-    bad = emt / "corrupt.store"
+    bad = tmp_path / "corrupt.store"
     import shutil
 
     shutil.copytree(emt / "train.store", bad)
     data = bytearray((bad / "positions.npy").read_bytes())
     data[-5] ^= 0xFF
     (bad / "positions.npy").write_bytes(bytes(data))
-    assert main(fit_args(str(bad), emt / "nc")) == 2
+    assert main(fit_args(str(bad), tmp_path / "nc")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "checksum" in err[0] and "positions" in err[0]
     # torchrun with a folder another run holds: one line, from rank 0, and the folder untouched
-    before = {p.name: p.read_bytes() for p in (emt / "n1").iterdir() if p.is_file()}
-    res = torchrun(2, fit_args(train, emt / "n1"), emt)
+    assert main(fit_args(train, tmp_path / "held", "--epochs", "1")) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "held").iterdir() if p.is_file()}
+    res = torchrun(2, fit_args(train, tmp_path / "held"), emt)
     assert res.returncode != 0
     ours = [line for line in res.stderr.splitlines() if line.startswith("egnn: error:")]
     assert ours == [line for line in ours if "rank 0: " in line and "already holds a run" in line] and len(ours) == 1
-    assert before == {p.name: p.read_bytes() for p in (emt / "n1").iterdir() if p.is_file()}
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "held").iterdir() if p.is_file()}
 
 
 # ----------------------------------------------------------------------------------------------- QM9, N-body
