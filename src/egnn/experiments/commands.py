@@ -243,6 +243,19 @@ def run_command(func: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("egnn: interrupted (the last complete checkpoint is kept; continue with --resume)", file=sys.stderr)
         return 130
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Leave the ``torchrun`` process group before the interpreter exits: its communication threads, left
+    running, can abort the process at exit ("terminate called without an active exception")."""
+    torch = sys.modules.get("torch")  # never imported: no process group (and no reason to import it now)
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        try:
+            torch.distributed.destroy_process_group()
+        except (RuntimeError, ValueError):  # a peer already gone: nothing left to close cleanly
+            pass
 
 
 def _message(err: BaseException) -> str:
