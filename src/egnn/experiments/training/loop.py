@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,9 @@ class Trainer:
         self.state = RunState(self.out, self.model, self.opt, self.ema, cfg, meta, self.rank)
         self.train_model: nn.Module = task.wrap(self.model) if task.wrap is not None else self.model
         if self.world > 1:
+            # a [1, k] weight's gradient comes out of the matmul as [k, 1]-strided: DDP copies it into its bucket
+            # (a few bytes) and says so once per process; not worth a line on every rank's stderr
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             ids = [self.device.index] if self.device.type == "cuda" else None
             # some models leave parameters unused by the loss (e.g. the last node MLP when only positions count)
             self.train_model = nn.parallel.DistributedDataParallel(self.train_model, device_ids=ids,
