@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_store import emt_file  # the EMT data files both benchmarks use (this folder is on sys.path)
 
 from egnn.checkpoint import load_checkpoint
 from egnn.experiments.run import code_version
@@ -55,17 +56,6 @@ def torchrun() -> list[str]:
     """This environment's ``torchrun`` (the module when the script is not beside the interpreter)."""
     exe = Path(sys.executable).with_name("torchrun")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
-
-
-def data_file(work: Path, frames: int, seed: int) -> Path:
-    from egnn.experiments.fit.emt import EMTConfig, write_dataset
-
-    path = work / f"emt_{frames}_seed{seed}.extxyz"
-    if not path.exists():
-        t = time.perf_counter()
-        write_dataset(path, EMTConfig(n_frames=frames, seed=seed))
-        print(f"# EMT: {frames} frames in {time.perf_counter() - t:.1f} s -> {path}", flush=True)
-    return path
 
 
 def free_port() -> int:
@@ -120,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"code {code_version()}; torch {torch.__version__}; {os.cpu_count()} CPU(s); load average (1, 5 min) "
           f"{os.getloadavg()[0]:.2f}, {os.getloadavg()[1]:.2f}")
-    train = data_file(work, args.frames, 3)
-    test = data_file(work, args.test_frames, 4)
+    train = emt_file(work, args.frames, 3)
+    test = emt_file(work, args.test_frames, 4)
     runs = Path(tempfile.mkdtemp(dir=work, prefix="runs_"))
 
     def fit(out: Path, threads: int) -> list[str]:
