@@ -64,11 +64,16 @@ class EGNNCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a cell that is periodic in all three directions")
         with torch.enable_grad():
             x = torch.as_tensor(pos, dtype=dt, device=dev).requires_grad_(True)
-            # a homogeneous strain of positions and lattice (shifts are lattice vectors): dE/d(strain) at 0
-            strain = torch.zeros(3, 3, dtype=dt, device=dev, requires_grad=want_stress)
-            sym = 0.5 * (strain + strain.T)
-            energy = self.model(z, x + x @ sym, torch.as_tensor(edge_index, device=dev), shift + shift @ sym)
-            inputs = [x, strain] if want_stress else [x]
+            edges = torch.as_tensor(edge_index, device=dev)
+            inputs = [x]
+            if want_stress:
+                # a homogeneous strain of positions and lattice (shifts are lattice vectors): dE/d(strain) at 0
+                strain = torch.zeros(3, 3, dtype=dt, device=dev, requires_grad=True)
+                sym = 0.5 * (strain + strain.T)
+                energy = self.model(z, x + x @ sym, edges, shift + shift @ sym)
+                inputs.append(strain)
+            else:  # forces alone: no strain terms in the graph (a small molecule's call is mostly per-op overhead)
+                energy = self.model(z, x, edges, shift)
             grads = torch.autograd.grad(energy.sum(), inputs, allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
         e = float(energy.detach().cpu()[0])
