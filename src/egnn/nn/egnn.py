@@ -233,6 +233,11 @@ class EGNN(nn.Module):
         edge_shift: Tensor | None = None,
     ) -> EGNNOutput:
         c = self.config
+        if batch is not None and num_graphs is None and self.graph_head is not None and torch.compiler.is_compiling():
+            # the graph count is a value of ``batch``: read it outside the traced code, before any operation, so
+            # that torch.compile still makes one graph of the whole model (reading it in pool would break the
+            # graph there, and the breaks would split the model into several graphs)
+            num_graphs = count_graphs(batch)
         check_graph_inputs(
             h=h, pos=pos, edge_index=edge_index, in_features=c.in_channels, dtype=self.embedding.weight.dtype,
             edge_attr=edge_attr, edge_dim=c.edge_dim, vel=vel, require_vel=c.velocity, edge_shift=edge_shift,
@@ -305,3 +310,11 @@ class EGNN(nn.Module):
         if self.config.readout == "sum":
             return scatter_sum(x, batch, num_graphs)
         return scatter_mean(x, batch, num_graphs)
+
+
+@torch.compiler.disable
+def count_graphs(batch: Tensor) -> int:
+    """The number of graphs of a (sorted) ``batch`` vector, ``max + 1`` (0 when empty); never traced by
+    ``torch.compile``, so that :class:`EGNN` called with ``batch`` but without ``num_graphs`` still compiles to one
+    graph."""
+    return int(batch.max()) + 1 if batch.numel() else 0
