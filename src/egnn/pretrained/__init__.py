@@ -352,5 +352,5 @@ def export_pretrained(model_or_checkpoint_path: AtomsModel | str | os.PathLike, 
 
 
 __all__ = ["ENV_DIR", "FORMAT", "PACKAGE_DIR", "QM9_DOMAIN", "available", "card", "default_folder", "describe_domain",
-           "domain", "domain_note", "export_pretrained", "file_domain_note", "is_valid_name", "load_pretrained", "model_path",
-           "read_index", "verify"]
+           "domain", "domain_note", "export_pretrained", "file_domain_note", "is_valid_name", "load_pretrained",
+           "model_path", "read_index", "verify"]
