@@ -54,6 +54,7 @@ class EGNNConfig:
     checkpoint_chunks: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (JSON-ready; :meth:`from_dict` reads it back)."""
         return asdict(self)
 
     @classmethod
@@ -206,6 +207,7 @@ class EGNN(nn.Module):
 
     @classmethod
     def from_config(cls, config: EGNNConfig | dict[str, Any]) -> EGNN:
+        """A new model (fresh weights) built from an :class:`EGNNConfig` or its dict form."""
         if isinstance(config, dict):
             config = EGNNConfig.from_dict(config)
         return cls(**config.to_dict())
@@ -232,6 +234,18 @@ class EGNN(nn.Module):
         num_graphs: int | None = None,
         edge_shift: Tensor | None = None,
     ) -> EGNNOutput:
+        """Run the model on a batch of graphs (shapes in the class docstring).
+
+        Args:
+            h, pos, edge_index, edge_attr, vel, edge_shift: see Shapes above; ``edge_index[0]`` is the source
+                ``j`` and ``edge_index[1]`` the target ``i`` of each message.
+            batch: the graph of each node (sorted), for the graph readout; ``None``: one graph.
+            num_graphs: the number of graphs ``B``; read from ``batch`` when not given (outside the traced code
+                under ``torch.compile``, so the compiled model stays one graph; with ``fullgraph=True`` pass it).
+
+        Returns:
+            :class:`EGNNOutput` ``(h, pos, vel, graph)``.
+        """
         c = self.config
         if batch is not None and num_graphs is None and self.graph_head is not None and torch.compiler.is_compiling():
             # the graph count is a value of ``batch``: read it outside the traced code, before any operation, so

@@ -173,8 +173,8 @@ def load_pretrained(name: str, device: torch.device | str = "cpu", dtype: torch.
 
 # ------------------------------------------------------------------------------------------ training domain
 
-#: What the QM9 models were trained on: the molecules of QM9 (GDB-9: up to 9 heavy atoms C, N, O, F, up to 29
-#: atoms with hydrogens), their properties computed with DFT at the B3LYP/6-31G(2df,p) level.
+#: The training domain of the shipped QM9 models, the molecules of QM9 (GDB-9, up to 9 heavy atoms C, N, O, F
+#: and up to 29 atoms with hydrogens) with properties computed by DFT at the B3LYP/6-31G(2df,p) level.
 QM9_DOMAIN: dict[str, Any] = {
     "data": "QM9 (134k small organic molecules of GDB-9, 130,831 after the standard exclusions)",
     "elements": ["H", "C", "N", "O", "F"],
