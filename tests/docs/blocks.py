@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import math
 import re
@@ -171,11 +172,16 @@ def output_matches(expected: str, actual: str) -> str | None:
 # ---------------------------------------------------------------------------------------- checking sh blocks
 
 
-def leaf_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
-    """The parser of the ``egnn`` command named by ``argv`` (without ``egnn``) and the words after its name."""
+@functools.cache
+def _root_parser() -> argparse.ArgumentParser:
     from egnn.experiments.cli import build_parser
 
-    parser = build_parser()
+    return build_parser()
+
+
+def leaf_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The parser of the ``egnn`` command named by ``argv`` (without ``egnn``) and the words after its name."""
+    parser = _root_parser()
     words = list(argv)
     while True:
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
