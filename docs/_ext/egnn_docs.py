@@ -37,9 +37,17 @@ def iter_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("egn
                 yield words, p, text if len(words) > len(path) + 1 else (helps.get(name) or text)
 
 
-def _cell(text: Any) -> str:
-    """A Markdown table cell: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+def _text(text: Any) -> str:
+    """Help text as Markdown: argparse's ``%%`` unescaped, ``<``, ``>`` and ``*`` shown as themselves."""
+    text = str(text).replace("%%", "%")
+    return text.replace("<", "\\<").replace(">", "\\>").replace("*", "\\*")
+
+
+def _cell(text: Any, markdown: bool = False) -> str:
+    """A Markdown table cell: one line, pipes escaped; plain text (help) also has ``<``, ``>``, ``*`` escaped,
+    ``markdown`` text (code spans) is kept as it is."""
+    text = str(text).replace("%%", "%") if markdown else _text(text)
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _accepts(action: argparse.Action) -> str:
@@ -73,7 +81,7 @@ def argument_rows(parser: argparse.ArgumentParser) -> list[tuple[str, str, str, 
         names = ", ".join(f"`{s}`" for s in action.option_strings) or f"`{action.metavar or action.dest}`"
         if action.option_strings and action.nargs != 0:
             names += f" {action.metavar or action.dest.upper()}"
-        rows.append((names, _default(action), _accepts(action), (action.help or "").replace("%%", "%")))
+        rows.append((names, _default(action), _accepts(action), action.help or ""))
     return rows
 
 
@@ -87,14 +95,15 @@ def cli_markdown() -> str:
     out += ["| command | what it does |", "|---|---|"]
     for words, _, text in commands:
         anchor = "-".join(words)
-        out.append(f"| [`{' '.join(words)}`](#{anchor}) | {_cell(text.split('. ')[0])} |")
+        out.append(f"| [`{' '.join(words)}`](#{anchor}) | {_cell(text)} |")
     out.append("")
     for words, parser, text in commands:
         anchor = "-".join(words)
-        out += [f"({anchor})=", f"## `{' '.join(words)}`", "", text.replace("%%", "%"), "", "```text",
+        out += [f"({anchor})=", f"## `{' '.join(words)}`", "", _text(parser.description or text), "", "```text",
                 parser.format_usage().strip(), "```", "",
                 "| argument | default | accepts | meaning |", "|---|---|---|---|"]
-        out += [f"| {_cell(n)} | {_cell(d)} | {_cell(a)} | {_cell(h)} |" for n, d, a, h in argument_rows(parser)]
+        out += [f"| {_cell(n, True)} | {_cell(d, True)} | {_cell(a, True)} | {_cell(h)} |"
+                for n, d, a, h in argument_rows(parser)]
         out.append("")
     return "\n".join(out)
 
