@@ -2,8 +2,8 @@
 
 The pages are Markdown (MyST); the API reference comes from the docstrings through autodoc + napoleon (Google
 style, with the project's own ``Shapes:`` section); the CLI reference and the pretrained-model table are generated
-from the code at build time by ``_ext/egnn_docs.py``. Nothing here needs the network: maths is rendered in the
-reader's browser by MathJax, loaded from its CDN when a page is viewed.
+from the code at build time by ``_ext/egnn_docs.py``. Nothing here needs the network, to build or to read: maths is
+rendered in the reader's browser by MathJax 3, copied into the site from the ``sphinx-mathjax-offline`` package.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "myst_parser",
     "egnn_docs",
@@ -48,7 +49,7 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
 autodoc_default_options = {"members": True, "show-inheritance": True}
-autodoc_class_signature = "separated"
+autodoc_class_signature = "mixed"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_custom_sections = ["Shapes"]

@@ -36,8 +36,8 @@ class EGCL(nn.Module):
         m_{ij} &= \phi_e(h_i, h_j, \|x_i - x_j\|^2, a_{ij}) \\
         x_i &\leftarrow x_i + C \sum_{j \ne i} (x_i - x_j)\, \phi_x(m_{ij}) \\
         m_i &= \sum_{j \ne i} e_{ij} m_{ij}, \qquad e_{ij} = \phi_{inf}(m_{ij}) \in [0, 1]
-              \text{ (with ``attention``; else } e_{ij} = 1) \\
-        h_i &\leftarrow \phi_h(h_i, m_i)\ (+\, h_i \text{ with ``residual``})
+              \text{ (with attention; else } e_{ij} = 1) \\
+        h_i &\leftarrow \phi_h(h_i, m_i)\ (+\, h_i \text{ with residual})
 
     Edge convention: ``edge_index[0]`` is the source ``j``, ``edge_index[1]`` the target ``i``; messages
     aggregate at ``edge_index[1]``.
