@@ -20,7 +20,8 @@ def _public(module) -> list[str]:
     names = getattr(module, "__all__", None)
     if names is None:
         names = [n for n, o in vars(module).items() if not n.startswith("_")
-                 and getattr(o, "__module__", None) == module.__name__ and (inspect.isclass(o) or inspect.isfunction(o))]
+                 and getattr(o, "__module__", None) == module.__name__
+                 and (inspect.isclass(o) or inspect.isfunction(o))]
     return names
 
 

@@ -131,6 +131,17 @@ class EGNN(nn.Module):
           ``edge_shift`` ``[E, n]`` (optional): Cartesian offset of each edge's source periodic image, the
           coordinate difference being :math:`x_i - (x_j + s_{ij})` in every layer (see :class:`EGCL`)
         - **output:** :class:`EGNNOutput`
+
+    Example: two graphs of 3 and 4 nodes, complete graphs, one value per graph.
+
+    >>> import torch
+    >>> from egnn.nn import EGNN
+    >>> from egnn.ops import fully_connected_edges
+    >>> model = EGNN(in_channels=2, hidden_channels=16, num_layers=2, graph_out_channels=1)
+    >>> batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    >>> out = model(torch.randn(7, 2), torch.randn(7, 3), fully_connected_edges([3, 4]), batch=batch)
+    >>> out.h.shape, out.pos.shape, out.vel, out.graph.shape
+    (torch.Size([7, 16]), torch.Size([7, 3]), None, torch.Size([2, 1]))
     """
 
     def __init__(

@@ -101,7 +101,14 @@ def read_index(folder: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def available(folder: str | os.PathLike | None = None) -> list[str]:
-    """Names of the pretrained models in ``folder`` (default: see :func:`default_folder`), sorted."""
+    """Names of the pretrained models in ``folder`` (default: see :func:`default_folder`), sorted.
+
+    >>> import egnn
+    >>> egnn.pretrained.available(egnn.pretrained.PACKAGE_DIR)[:4]
+    ['qm9-Cv', 'qm9-G', 'qm9-H', 'qm9-U']
+    >>> egnn.pretrained.card("qm9-U0", egnn.pretrained.PACKAGE_DIR)["unit"]
+    'meV'
+    """
     return sorted(read_index(folder)["models"])
 
 
