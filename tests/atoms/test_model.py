@@ -16,8 +16,13 @@ from egnn.atoms.model import (
 from egnn.atoms.neighbors import neighbor_list
 from egnn.testing import assert_equivariant, random_orthogonal
 
+# the three layer kinds of AtomsModel: distances only, eq. (4) position updates, vector channels
+VARIANTS = {"invariant": {}, "coords": {"update_coords": True}, "vector": {"vector_channels": 3, "vector_scale": 0.5}}
+variant = pytest.mark.parametrize("variant", list(VARIANTS))
 
-def tiny_model(dtype=torch.float64, cutoff=3.5, seed=0, **kw):
+
+def tiny_model(dtype=torch.float64, cutoff=3.5, seed=0, variant="invariant", **kw):
+    kw = {**VARIANTS[variant], **kw}
     torch.manual_seed(seed)
     refs = [-0.5, -2.0, -3.0] if kw.get("readout", "sum") in ("sum", "spatial") else []
     if kw.get("readout") == "spatial":
@@ -44,8 +49,9 @@ def periodic_data(n_frames=3, seed=0):
 # (the dipole and spatial readouts need whole molecules: a periodic cell has no centroid)
 @pytest.mark.parametrize(("cutoff", "readout"), [(3.5, "sum"), (3.5, "mlp"), (None, "sum"), (None, "mlp"),
                                                  (None, "dipole"), (None, "spatial")])
-def test_equivariance_energy_invariant_forces_rotate(dtype, cutoff, readout):
-    model = tiny_model(dtype, cutoff, readout=readout)
+@variant
+def test_equivariance_energy_invariant_forces_rotate(dtype, cutoff, readout, variant):
+    model = tiny_model(dtype, cutoff, readout=readout, variant=variant)
     data = periodic_data() if cutoff else AtomsData(
         z=np.array([1, 8, 29, 8, 1]), pos=np.random.default_rng(1).normal(size=(5, 3)) * 1.5,
         offsets=np.array([0, 2, 5]), cell=np.zeros((2, 3, 3)), pbc=np.zeros((2, 3), bool))
@@ -72,8 +78,9 @@ def predict_structure(model, pos, cell, pbc, z):
     return float(e[0]), f.numpy()
 
 
-def test_rotating_cell_with_positions_wrapping_and_translation():
-    model = tiny_model()
+@variant
+def test_rotating_cell_with_positions_wrapping_and_translation(variant):
+    model = tiny_model(variant=variant)
     d = periodic_data(1, seed=3)
     pos, cell, z = d.pos, d.cell[0], d.z
     e0, f0 = predict_structure(model, pos, cell, True, z)
@@ -91,8 +98,9 @@ def test_rotating_cell_with_positions_wrapping_and_translation():
 
 
 @pytest.mark.parametrize("readout", ["sum", "mean", "mlp"])
-def test_batched_equals_one_frame_at_a_time(readout):
-    model = tiny_model(readout=readout)
+@variant
+def test_batched_equals_one_frame_at_a_time(readout, variant):
+    model = tiny_model(readout=readout, variant=variant)
     data = periodic_data(5, seed=4)
     graphs = AtomsGraphs(data, model.cutoff, dtype=torch.float64)
     whole = model.predict(graphs, forces=True, batch_size=5)
@@ -112,23 +120,27 @@ def test_envelope_value_and_derivative_vanish_at_cutoff():
     assert abs(float(du[2])) < 1e-8 and du[3] == 0 and du[4] == 0 and du[1] < 0
 
 
-def test_energy_and_forces_continuous_when_an_atom_crosses_the_cutoff():
-    model = tiny_model(cutoff=3.0)
-    z = np.array([8, 29])
+@variant
+def test_energy_and_forces_continuous_when_an_atom_crosses_the_cutoff(variant):
+    model = tiny_model(cutoff=3.0, variant=variant)
+    # a third atom bonded to the first: the crossing pair's direction reaches the vector channels of both
+    z = np.array([8, 29, 1])
     values = []
     for r in (3.0 - 1e-4, 3.0 + 1e-4):
-        pos = np.array([[0.0, 0, 0], [r, 0, 0]])
+        pos = np.array([[0.0, 0, 0], [r, 0, 0], [-0.6, 0.8, 0.0]])
         values.append(predict_structure(model, pos, np.zeros((3, 3)), False, z))
     (e_in, f_in), (e_out, f_out) = values
-    assert np.abs(f_out).max() == 0.0  # no edge beyond R
-    assert abs(e_in - e_out) < 1e-9 and np.abs(f_in).max() < 1e-6
+    assert np.abs(f_out[1]).max() == 0.0  # no edge beyond R
+    assert abs(e_in - e_out) < 1e-9 and np.abs(f_in - f_out).max() < 1e-6
     # and inside, the pair does interact
-    e_near, f_near = predict_structure(model, np.array([[0.0, 0, 0], [2.0, 0, 0]]), np.zeros((3, 3)), False, z)
-    assert abs(e_near - e_out) > 1e-5 and np.abs(f_near).max() > 1e-5
+    near = np.array([[0.0, 0, 0], [2.0, 0, 0], [-0.6, 0.8, 0.0]])
+    e_near, f_near = predict_structure(model, near, np.zeros((3, 3)), False, z)
+    assert abs(e_near - e_out) > 1e-5 and np.abs(f_near[1]).max() > 1e-5
 
 
-def test_forces_are_minus_the_gradient_by_finite_differences():
-    model = tiny_model()
+@variant
+def test_forces_are_minus_the_gradient_by_finite_differences(variant):
+    model = tiny_model(variant=variant)
     d = periodic_data(1, seed=7)
     pos, cell, z = d.pos.copy(), d.cell[0], d.z
     _, f = predict_structure(model, pos, cell, True, z)

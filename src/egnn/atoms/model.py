@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from egnn.nn.egcl import EGCL, make_activation
+from egnn.nn.vector import VectorEGCL
 from egnn.ops.scatter import scatter_sum
 
 ELEMENTS = (
@@ -89,7 +90,7 @@ class EnvelopeEGCL(EGCL):
         weight = edge_attr[:, -1:]
         attr = edge_attr[:, :-1] if edge_attr.shape[1] > 1 else None
         m, trans = super()._messages(h, pos, src, dst, attr, proj, *args, **kwargs)
-        return m * weight, trans
+        return m * weight, None if trans is None else trans * weight  # both vanish smoothly at the cut-off
 
 
 @dataclass
@@ -106,6 +107,12 @@ class AtomsArchitecture:
         readout: ``"sum"`` (extensive, energies) or ``"mean"`` of the per-atom outputs, or ``"mlp"`` (node MLP,
             sum, graph MLP: the paper's QM9 readout, for targets that are not sums over atoms), ``"dipole"`` or
             ``"spatial"`` (see the module docstring).
+        vector_channels: ``K > 0``: :class:`~egnn.nn.VectorEGCL` layers with ``K`` equivariant vector channels per
+            atom, whose inner products with the bonds and with each other reach the invariant features (the
+            directional model); 0: :class:`~egnn.nn.EGCL` layers that see distances only (the invariant model).
+        update_coords: invariant model only: the layers move the positions as EGNN's eq. (4) (normalised, tanh
+            bounded), and later layers see the distances between the moved positions.
+        vector_scale: ``vector_scale`` of :class:`~egnn.nn.VectorEGCL`.
     """
 
     cutoff: float | None = 5.0
@@ -118,6 +125,9 @@ class AtomsArchitecture:
     node_attr: bool = True
     act: str = "silu"
     readout: str = "sum"
+    vector_channels: int = 0
+    update_coords: bool = False
+    vector_scale: float = 0.1
 
     def architecture(self) -> dict[str, Any]:
         """The :class:`AtomsArchitecture` fields of this object."""
@@ -126,6 +136,8 @@ class AtomsArchitecture:
 
 # names of the fields before they followed EGNN's (read from old checkpoints)
 _OLD_NAMES = {"hidden_nf": "hidden_channels", "n_layers": "num_layers"}
+# fields that checkpoints written before they existed lack, with the value those checkpoints were trained with
+_ADDED_LATER = {"vector_channels": 0, "update_coords": False}
 
 
 @dataclass
@@ -171,6 +183,13 @@ class AtomsModelConfig(AtomsArchitecture):
             raise ValueError(f"{len(self.ref_spatial)} spatial coefficients for {len(self.species)} species")
         if self.readout != "spatial" and any(self.ref_spatial):
             raise ValueError("spatial coefficients need the readout 'spatial'")
+        if isinstance(self.vector_channels, bool) or not isinstance(self.vector_channels, int) \
+                or self.vector_channels < 0:
+            raise ValueError(f"vector_channels must be an integer >= 0, got {self.vector_channels!r}")
+        if self.vector_channels and self.update_coords:
+            raise ValueError("update_coords is an option of the invariant model (vector_channels=0)")
+        if not (math.isfinite(self.vector_scale) and self.vector_scale > 0):
+            raise ValueError(f"vector_scale must be positive and finite, got {self.vector_scale}")
         if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.shift)):
             raise ValueError(f"scale must be positive and finite, shift finite; got {self.scale}, {self.shift}")
 
@@ -181,7 +200,7 @@ class AtomsModelConfig(AtomsArchitecture):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AtomsModelConfig:
         """The config of a checkpoint's JSON (also with the old field names ``hidden_nf``, ``n_layers``)."""
-        d = {_OLD_NAMES.get(k, k): v for k, v in d.items()}
+        d = {**_ADDED_LATER, **{_OLD_NAMES.get(k, k): v for k, v in d.items()}}
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown AtomsModelConfig field(s): {unknown}")
@@ -211,12 +230,20 @@ class AtomsModel(nn.Module):
         self.register_buffer("ref_spatial", torch.tensor(c.ref_spatial, dtype=torch.float64), persistent=False)
         self.n_rbf = c.n_rbf if c.cutoff is not None else 0
         self.embedding = nn.Linear(s, c.hidden_channels)
-        self.layers = nn.ModuleList(
-            EnvelopeEGCL(c.hidden_channels, c.hidden_channels, c.hidden_channels, edge_dim=self.n_rbf,
-                         node_attr_dim=s if c.node_attr else 0, act=c.act, residual=True, attention=c.attention,
-                         update_coords=False)
-            for _ in range(c.num_layers)
-        )
+        node_attr_dim = s if c.node_attr else 0
+        self.layers: nn.ModuleList
+        if c.vector_channels:
+            self.layers = nn.ModuleList(
+                VectorEGCL(c.hidden_channels, c.hidden_channels, c.vector_channels, edge_dim=self.n_rbf,
+                           node_attr_dim=node_attr_dim, act=c.act, attention=c.attention, vector_scale=c.vector_scale)
+                for _ in range(c.num_layers))
+        else:
+            self.layers = nn.ModuleList(
+                EnvelopeEGCL(c.hidden_channels, c.hidden_channels, c.hidden_channels, edge_dim=self.n_rbf,
+                             node_attr_dim=node_attr_dim, act=c.act, residual=True, attention=c.attention,
+                             update_coords=c.update_coords, normalize=True, tanh=True, coords_range=1.0,
+                             coord_agg="sum")
+                for _ in range(c.num_layers))
         self.act = make_activation(c.act)
         # per-atom head: to one number per atom, or (readout "mlp") to features summed and fed to the graph head
         self.head = nn.ModuleList([nn.Linear(c.hidden_channels, c.hidden_channels),
@@ -279,8 +306,17 @@ class AtomsModel(nn.Module):
         attr = self.edge_features(pos, edge_index, edge_shift)
         x = self.embedding(h0)
         node_attr = h0 if c.node_attr else None
-        for layer in self.layers:
-            x, _, _ = layer.propagate(x, pos, edge_index, attr, node_attr, None, edge_shift)
+        if c.vector_channels:
+            weight = attr[:, -1:]
+            rbf = attr[:, :-1] if self.n_rbf else None
+            vec = None
+            for layer in self.layers:
+                x, vec = layer.propagate(x, vec, pos, edge_index, rbf, weight, node_attr, edge_shift)
+        else:
+            for layer in self.layers:
+                x, delta, _ = layer.propagate(x, pos, edge_index, attr, node_attr, None, edge_shift)
+                if delta is not None:  # update_coords: the moved positions (the shifts are lattice vectors)
+                    pos = pos + delta
         return self.head[1](self.act(self.head[0](x))), idx
 
     def atom_energies(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:

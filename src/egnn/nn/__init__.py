@@ -4,5 +4,6 @@ from egnn.nn.egcl import EGCL, EGCLVel
 from egnn.nn.egnn import EGNN, EGNNConfig, EGNNOutput
 from egnn.nn.gcl import GCL
 from egnn.nn.radial_field import RadialFieldLayer
+from egnn.nn.vector import VectorEGCL
 
-__all__ = ["EGCL", "EGCLVel", "EGNN", "EGNNConfig", "EGNNOutput", "GCL", "RadialFieldLayer"]
+__all__ = ["EGCL", "EGCLVel", "EGNN", "EGNNConfig", "EGNNOutput", "GCL", "RadialFieldLayer", "VectorEGCL"]

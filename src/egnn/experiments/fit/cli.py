@@ -55,6 +55,14 @@ def _cutoff(text: str) -> float | None:
 _cutoff.__name__ = "a distance in Angstrom or 'none'"
 
 
+# --model NAME -> the AtomsArchitecture fields it sets (given --vectors)
+MODEL_KINDS: dict[str, Callable[[int], dict]] = {
+    "vector": lambda k: {"vector_channels": k},
+    "invariant": lambda k: {"vector_channels": 0},
+    "coords": lambda k: {"vector_channels": 0, "update_coords": True},
+}
+
+
 def _dtype(name: str):
     import torch
 
@@ -67,11 +75,12 @@ def _dtype(name: str):
 def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
         subparsers, "fit", _run_fit, "train an energy/force EGNN on your own data (any ASE-readable file)",
-        description="Fit the invariant EGNN to a graph-level target (an energy) and optionally forces (-dE/dx) read "
+        description="Fit an EGNN atoms model (default: with vector channels, --model vector) to a graph-level "
+        "target (an energy) and optionally forces (-dE/dx) read "
         "from atoms.info, atoms.arrays or the calculator results of every frame. Writes RUN/best (load with "
         "egnn.load_model or egnn.ase.EGNNCalculator), log.csv, summary.json and parity plots. Optimisation "
-        "defaults (the EMT example's recipe): 100 epochs, batch 16, lr 3e-3 with 50 warm-up steps and cosine "
-        "decay, EMA 0.99. For a property that is not a sum over atoms (HOMO, LUMO, gap, dipole moment) use "
+        "defaults: 160 epochs, batch 16, lr 5e-3 (--model vector; 2e-3 for the others) with 200 warm-up steps and "
+        "cosine decay to 2 %, gradient norm clipped at 5, EMA 0.99. For a property that is not a sum over atoms (HOMO, LUMO, gap, dipole moment) use "
         "--readout mlp --loss l1 --cutoff none (the paper's QM9 recipe).",
     )
     p.add_argument("--data", required=True, metavar="TRAIN",
@@ -92,6 +101,12 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
                    help="minimum-image convention: refuse a cutoff above half the shortest cell height")
     p.add_argument("--energy-weight", type=nonnegative_float, default=10.0, help="w_E of the loss (default 10)")
     p.add_argument("--forces-weight", type=nonnegative_float, default=1.0, help="w_F of the loss (default 1)")
+    p.add_argument("--model", default="vector", choices=list(MODEL_KINDS),
+                   help="vector (default): layers with --vectors equivariant vector channels per atom, so the "
+                   "messages see bond angles; invariant: distances only (the model before vector channels); "
+                   "coords: distances between positions moved by EGNN's eq. (4) in every layer")
+    p.add_argument("--vectors", type=positive_int, default=8, help="vector channels per atom of --model vector "
+                   "(default 8)")
     p.add_argument("--hidden", type=positive_int, default=64, help="features per layer (default 64)")
     p.add_argument("--layers", type=nonnegative_int, default=4, help="EGCL layers (default 4)")
     p.add_argument("--rbf", type=nonnegative_int, default=8, help="radial features per edge (default 8)")
@@ -138,12 +153,13 @@ def _run_fit(args: argparse.Namespace) -> int:
                             cache_dir=None if args.no_cache else args.cache, workers=args.workers),
         model=ft.ModelOptions(cutoff=args.cutoff, images=not args.no_images, hidden_channels=args.hidden,
                               num_layers=args.layers, n_rbf=args.rbf, attention=not args.no_attention,
-                              readout=args.readout, reference=not args.no_reference),
+                              readout=args.readout, reference=not args.no_reference,
+                              **MODEL_KINDS[args.model](args.vectors)),
         loss=ft.LossOptions(energy_weight=args.energy_weight, forces_weight=args.forces_weight, kind=args.loss),
     )
     overrides = {**trainer_overrides(args), "eval_every": args.eval_every, "ema_decay": args.ema_decay,
                  "warmup_steps": args.warmup_steps, "final_lr_ratio": args.final_lr_ratio}
-    cfg = ft.FIT_PRESET.train_config(**overrides)
+    cfg = ft.FIT_PRESET.train_config(model=args.model, **overrides)
     if args.energy_weight == 0 and (args.forces is None or args.forces_weight == 0):
         raise CLIError("the loss has no term: give --energy-weight > 0, or --forces KEY with --forces-weight > 0")
     result, summary = ft.fit(plan, cfg, args.out, resume=args.resume, dtype=_dtype(args.dtype))
