@@ -80,7 +80,8 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
         "from atoms.info, atoms.arrays or the calculator results of every frame. Writes RUN/best (load with "
         "egnn.load_model or egnn.ase.EGNNCalculator), log.csv, summary.json and parity plots. Optimisation "
         "defaults: 160 epochs, batch 16, lr 5e-3 (--model vector; 2e-3 for the others) with 200 warm-up steps and "
-        "cosine decay to 2 %, gradient norm clipped at 5, EMA 0.99. For a property that is not a sum over atoms (HOMO, LUMO, gap, dipole moment) use "
+        "cosine decay to 2 %, gradient norm clipped at 5, EMA 0.99. For a property that is not a sum over atoms "
+        "(HOMO, LUMO, gap, dipole moment) use "
         "--readout mlp --loss l1 --cutoff none (the paper's QM9 recipe).",
     )
     p.add_argument("--data", required=True, metavar="TRAIN",
