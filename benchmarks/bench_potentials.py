@@ -1,7 +1,7 @@
-"""Ours against MACE on the same data, the same threads and the same wall-clock budgets, in one invocation.
+"""Ours against MACE on the same data, the same threads and the same CPU-time budgets, in one invocation.
 
     python benchmarks/bench_potentials.py [--work data/potentials] [--budgets 3,6,12] [--sets molecules,metals]
-        [--models vector,invariant] [--mace-venv .venv-mace | --no-mace] [--threads 1]
+        [--models vector,invariant] [--largest-only invariant] [--mace-venv .venv-mace | --no-mace]
 
 Data (generated once under ``--work``, nothing downloaded):
 
@@ -10,35 +10,36 @@ Data (generated once under ``--work``, nothing downloaded):
 - ``metals``: the EMT Cu-Au cells of ``egnn example emt`` (32-atom fcc cells, rattled and strained, a vacancy in a
   quarter of them): 400 training (seed 11), 50 validation (seed 12) and 100 test frames (seed 13).
 
-Ours: ``egnn fit --model M`` with the fit recipe, one run per budget: its epoch count is the budget divided by the
-seconds per epoch of a one-epoch probe (so the cosine schedule ends with the budget), and ``--max-minutes`` caps it.
-Reported: the test MAE of its best (validation-selected) model.
+Budgets are CPU time (user + system seconds of the training process, all its threads, read from /proc), not wall
+time: on this shared 2-core machine the wall time of a one-thread process depends on whatever else runs, its CPU
+time hardly. Every training process runs at ``--threads`` (default 1), ours and MACE side by side.
+
+Ours: ``egnn fit --model M`` with the fit recipe, one run per budget: a three-epoch probe gives the CPU seconds per
+epoch, and each run's epoch count fills its budget (so the cosine schedule ends with it). Reported: the test MAE of
+its best (validation-selected) model and the CPU time it used.
 
 MACE (mace-torch 0.3.16, in its own environment, which this script creates with pinned versions when
 ``--mace-venv`` does not exist: mace pins e3nn 0.4.4 and our ``tfn`` extra e3nn 0.6.0): ``mace_run_train`` with the
 settings of MACE's README example scaled to a small model: ``--hidden_irreps '32x0e + 32x1o' --r_max 5
 --batch_size 10 --E0s average --ema --ema_decay 0.99 --amsgrad`` and its defaults otherwise (float64, lr 0.01,
-energy weight 1, forces weight 100, ReduceLROnPlateau), one run for the largest budget. MACE saves its (EMA)
-weights at each improvement of the validation loss; at budget B the last checkpoint written before B (wall time
-from the start of the command) is evaluated on the test set. MACE's learning-rate schedule does not depend on the
-run's length, so this equals a run stopped at B.
+energy weight 1, forces weight 100, ReduceLROnPlateau), one run stopped once it has used the largest budget. MACE
+saves its (EMA) weights at each improvement of the validation loss; at budget B the last checkpoint written before
+B CPU-seconds is evaluated on the test set. MACE's learning-rate schedule does not depend on the run's length, so
+this equals a run stopped at B.
 
-Both sides run one process each with ``--threads`` threads; the two run at the same time (one per core at
-``--threads 1``), each measured from its own start. Afterwards, with nothing else of ours running: the energy +
-forces call time at 2 threads of the trained models on a 108-atom Cu-Au cell and a 30-atom molecule
-(S22's adenine-thymine pair), the time of one MD step on ethanol (9 atoms), and NVE on ethanol from a 500 K start
-(0.5 fs x ``--md-steps``) with ours and with GFN2-xTB itself: total-energy span and drift per atom.
+Afterwards, with nothing else of ours running: the energy + forces call time at 2 threads of the trained models on
+a 108-atom Cu-Au cell and a 30-atom molecule (S22's adenine-thymine pair), and NVE on ethanol from a 500 K start
+(0.5 fs x ``--md-steps``) with ours and with GFN2-xTB itself: total-energy span and drift per atom, and the time of
+one MD step (9 atoms).
 
-Speed and accuracy-at-a-budget depend on the machine and its load (printed); compare only within one invocation.
+Call times depend on the machine and its load (printed); compare only within one invocation.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -111,43 +112,74 @@ def make_data(work: Path, sets: list[str]) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------------- ours
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 @dataclass
 class Run:
+    """A training process and the CPU seconds it had used at each poll (wall time, CPU time)."""
+
     proc: subprocess.Popen
     start: float
     out: Path
     logfile: Any
-    budget: float | None = None
-    meta: dict = field(default_factory=dict)
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    rows_at: list[float] = field(default_factory=list)  # CPU seconds when each new log.csv row appeared
+    cpu_limit: float | None = None  # stop the process once it has used this many CPU seconds
+
+    def watch(self, log_csv: Path | None = None, every: float = 0.25) -> None:
+        rows = 0
+        while self.proc.poll() is None:
+            cpu = cpu_seconds(self.proc.pid)
+            if cpu is not None:
+                self.samples.append((time.time(), cpu))
+                if log_csv is not None and log_csv.exists():
+                    n = max(0, len(log_csv.read_text().splitlines()) - 1)
+                    self.rows_at += [cpu] * (n - rows)
+                    rows = n
+                if self.cpu_limit is not None and cpu >= self.cpu_limit:
+                    self.proc.terminate()
+            time.sleep(every)
+
+    def cpu_at(self, wall: float) -> float:
+        """CPU seconds used by wall time ``wall`` (linear between polls)."""
+        t = np.array([w for w, _ in self.samples])
+        c = np.array([c for _, c in self.samples])
+        return float(np.interp(wall, t, c))
+
+    def wait(self, log_csv: Path | None = None) -> float:
+        """Wait for the process (watching its CPU time); returns the CPU seconds it used."""
+        self.watch(log_csv)
+        self.logfile.close()
+        return self.samples[-1][1] if self.samples else 0.0
 
 
-def egnn_fit(folder: Path, model: str, out: Path, epochs: int, minutes: float | None, threads: int) -> Run:
+def start(cmd: list[str], logpath: Path, threads: int, cwd: Path | None = None) -> Run:
+    logfile = open(logpath, "w")
+    logfile.write(shlex.join(cmd) + "\n")
+    logfile.flush()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    return Run(proc, time.time(), logpath.parent, logfile)
+
+
+def egnn_fit(folder: Path, model: str, out: Path, epochs: int, threads: int) -> Run:
     cmd = [sys.executable, "-m", "egnn.experiments.cli", "fit", "--data", str(folder / "train.extxyz"),
            "--valid", str(folder / "valid.extxyz"), "--test", str(folder / "test.extxyz"),
            "--target", "REF_energy", "--forces", "REF_forces", "--model", model, "--epochs", str(epochs),
            "--threads", str(threads), "--out", str(out), "--no-progress", "--no-cache"]
-    if minutes is not None:
-        cmd += ["--max-minutes", f"{minutes:.3f}"]
-    logfile = open(out.with_suffix(".log"), "w")
-    logfile.write(shlex.join(cmd) + "\n")
-    logfile.flush()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    return Run(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env), time.time(), out, logfile)
-
-
-def finish(run: Run, timeout: float | None = None) -> float:
-    try:
-        run.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        run.proc.terminate()
-        run.proc.wait()
-    run.logfile.close()
-    return time.time() - run.start
-
-
-def seconds_per_epoch(out: Path) -> float:
-    rows = list(csv.DictReader(open(out / "log.csv")))
-    return float(rows[-1]["train_seconds"]) / len(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return start(cmd, out.with_suffix(".log"), threads)
 
 
 def ours_results(out: Path) -> dict[str, float]:
@@ -155,29 +187,38 @@ def ours_results(out: Path) -> dict[str, float]:
     test = summary["test"]
     return {"forces_mae_meV_per_A": 1000 * test["forces_mae"],
             "energy_per_atom_mae_meV": 1000 * test["REF_energy_per_atom_mae"],
-            "epochs_done": summary["fit"]["epochs_done"], "epochs_planned": summary["fit"]["epochs_planned"],
-            "cut_by_time_cap": summary["fit"]["cut_by_time_cap"]}
+            "epochs_done": summary["fit"]["epochs_done"], "epochs_planned": summary["fit"]["epochs_planned"]}
 
 
 def ours_sequence(folder: Path, model: str, budgets: list[float], work: Path, threads: int) -> dict[float, dict]:
-    """A one-epoch probe, then one run per budget (one after another)."""
+    """A three-epoch probe (CPU seconds per epoch: between the first and the last epoch's log row), then one run
+    per budget, one after another, whose epoch count fills the budget."""
     probe = work / f"{model}-probe"
-    if not (probe / "summary.json").exists():
-        finish(egnn_fit(folder, model, probe, 1, None, threads))
-    per_epoch = seconds_per_epoch(probe)
+    info = probe.with_suffix(".json")
+    if not info.exists():
+        run = egnn_fit(folder, model, probe, 3, threads)
+        run.wait(probe / "log.csv")
+        if len(run.rows_at) < 3:
+            raise SystemExit(f"bench_potentials: the probe {probe} did not log 3 epochs; see {probe}.log")
+        per_epoch = (run.rows_at[-1] - run.rows_at[0]) / (len(run.rows_at) - 1)
+        info.write_text(json.dumps({"cpu_s_per_epoch": per_epoch, "startup_cpu_s": run.rows_at[0] - per_epoch}))
+    probe_info = json.loads(info.read_text())
+    per_epoch, startup = probe_info["cpu_s_per_epoch"], probe_info["startup_cpu_s"]
     results = {}
     for b in budgets:
         out = work / f"{model}-{b:g}min"
-        if not (out / "summary.json").exists():
-            # 8 % of the budget for start-up and the final evaluations
-            epochs = max(1, int(0.92 * b * 60 / per_epoch))
-            log(f"ours {model} {folder.name}: {b:g} min -> {epochs} epochs ({per_epoch:.1f} s/epoch; {load()})")
-            wall = finish(egnn_fit(folder, model, out, epochs, b, threads))
-            (out / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
-        res = ours_results(out)
-        res["wall_s"] = float((out / "wall_seconds.txt").read_text())
+        done = out.with_suffix(".json")
+        if not done.exists():
+            # the final test evaluation of the best model costs about one more epoch's evaluation
+            epochs = max(1, int((b * 60 - startup) / per_epoch) - 1)
+            log(f"ours {model} {folder.name}: {b:g} CPU-min -> {epochs} epochs ({per_epoch:.1f} CPU-s/epoch; "
+                f"{load()})")
+            run = egnn_fit(folder, model, out, epochs, threads)
+            used = run.wait(out / "log.csv")
+            done.write_text(json.dumps({"cpu_s": used, "wall_s": time.time() - run.start}))
+        res = {**ours_results(out), **json.loads(done.read_text())}
         results[b] = res
-        log(f"ours {model} {folder.name} {b:g} min: {res}")
+        log(f"ours {model} {folder.name} {b:g} CPU-min: {res}")
     return results
 
 
@@ -200,77 +241,55 @@ def mace_train(venv: Path, folder: Path, out: Path, epochs: int, threads: int) -
            "--valid_file", str(folder / "valid.extxyz"), "--test_file", str(folder / "test.extxyz"),
            "--max_num_epochs", str(epochs), "--keep_checkpoints", "--eval_interval", "1", *MACE_ARGS,
            "--work_dir", str(out)]
-    logfile = open(out / "stdout.log", "w")
-    logfile.write(shlex.join(cmd) + "\n")
-    logfile.flush()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    return Run(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=out), time.time(), out,
-               logfile)
-
-
-EPOCH_LINE = re.compile(r"^(\S+ \S+) INFO: (Initial|Epoch \d+):")
-
-
-def mace_epoch_seconds(out: Path) -> tuple[float, float]:
-    """Start-up seconds (command start to the first evaluation's line) and seconds per epoch (with its
-    evaluation) of a probe run."""
-    lines = (out / "stdout.log").read_text().splitlines()
-    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-              for m in map(EPOCH_LINE.match, lines) if m]
-    started = float((out / "started.txt").read_text())
-    if len(stamps) < 2:
-        raise SystemExit(f"bench_potentials: MACE probe in {out} logged {len(stamps)} epochs; see stdout.log")
-    return stamps[0] - started, (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    return start(cmd, out / "stdout.log", threads, cwd=out)
 
 
 def mace_pipeline(venv: Path, folder: Path, budgets: list[float], work: Path, threads: int) -> None:
-    """Probe (one epoch: the skeleton model and the epoch time), then the run for the largest budget, stopped at
-    the budget if its epoch count has not ended it."""
-    python = mace_env(venv)
+    """A one-epoch probe (a model file of the architecture, for evaluation and timing), then the run, stopped once
+    it has used the largest budget's CPU time. At each checkpoint's modification time the CPU time used is read off
+    the polls and kept in ``checkpoint_cpu.json``."""
+    mace_env(venv)
     probe = work / "mace-probe"
     if not (probe / "mace.model").exists():
-        run = mace_train(venv, folder, probe, 1, threads)
-        (probe / "started.txt").write_text(f"{run.start}\n")
-        finish(run)
-    startup, per_epoch = mace_epoch_seconds(probe)
+        mace_train(venv, folder, probe, 1, threads).wait()
     out = work / "mace-run"
-    if (out / "done.txt").exists():
+    if (out / "checkpoint_cpu.json").exists():
         return
     b = max(budgets)
-    epochs = max(1, int((b * 60 - startup) / per_epoch))
-    log(f"MACE {folder.name}: {b:g} min -> {epochs} epochs ({per_epoch:.1f} s/epoch, start-up {startup:.0f} s; "
-        f"{load()}); {python}")
-    run = mace_train(venv, folder, out, epochs + 2, threads)  # the budget stops it, not the count
-    (out / "started.txt").write_text(f"{run.start}\n")
-    finish(run, timeout=b * 60 + 600)  # checkpoints after the budget are not used; the final model is
-    (out / "done.txt").write_text("1\n")
+    log(f"MACE {folder.name}: until {b:g} CPU-min ({load()})")
+    run = mace_train(venv, folder, out, 10_000, threads)
+    run.cpu_limit = b * 60
+    used = run.wait()
+    ckpts = {p.name: run.cpu_at(p.stat().st_mtime) for p in (out / "checkpoints").glob("*_epoch-*.pt")}
+    (out / "checkpoint_cpu.json").write_text(json.dumps({"cpu_s": used, "wall_s": time.time() - run.start,
+                                                         "checkpoints": ckpts}, indent=1))
 
 
 def mace_results(venv: Path, folder: Path, budgets: list[float], work: Path) -> dict[float, dict]:
     out = work / "mace-run"
-    started = float((out / "started.txt").read_text())
-    ckpts = sorted((out / "checkpoints").glob("*_epoch-*.pt"), key=lambda p: p.stat().st_mtime)
+    record = json.loads((out / "checkpoint_cpu.json").read_text())
+    ckpts = sorted(record["checkpoints"].items(), key=lambda kv: kv[1])
     results = {}
     for b in budgets:
-        before = [p for p in ckpts if p.stat().st_mtime - started <= b * 60]
+        before = [(name, cpu) for name, cpu in ckpts if cpu <= b * 60]
         if not before:
             results[b] = {"note": "no checkpoint yet"}
             continue
-        ck = before[-1]
-        cache = out / f"eval_{ck.stem}.json"
+        name, cpu = before[-1]
+        cache = out / f"eval_{Path(name).stem}.json"
         if not cache.exists():
             res = subprocess.run([str(venv / "bin" / "python"), str(HERE / "mace_tools.py"), "eval",
-                                  str(work / "mace-probe" / "mace.model"), str(ck), str(folder / "test.extxyz")],
+                                  str(work / "mace-probe" / "mace.model"), str(out / "checkpoints" / name),
+                                  str(folder / "test.extxyz")],
                                  capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
             if res.returncode:
                 raise SystemExit(f"bench_potentials: MACE eval failed:\n{res.stderr[-2000:]}")
             cache.write_text(res.stdout.strip().splitlines()[-1])
         res = json.loads(cache.read_text())
-        res["epoch"] = int(ck.stem.rsplit("-", 1)[1])
-        res["checkpoint_s"] = round(ck.stat().st_mtime - started, 1)
+        res["epoch"] = int(Path(name).stem.rsplit("-", 1)[1])
+        res["checkpoint_cpu_s"] = round(cpu, 1)
         results[b] = res
-        log(f"MACE {folder.name} {b:g} min: {res}")
+        log(f"MACE {folder.name} {b:g} CPU-min: {res}")
     return results
 
 
@@ -342,7 +361,7 @@ def nve(atoms, calc, steps: int, seed: int = 0) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("data/potentials"), help="data and runs (reused when present)")
-    p.add_argument("--budgets", default="3,6,12", help="wall-clock budgets in minutes (default 3,6,12)")
+    p.add_argument("--budgets", default="3,6,12", help="CPU-time budgets in minutes (default 3,6,12)")
     p.add_argument("--sets", default="molecules,metals")
     p.add_argument("--models", default="vector,invariant", help="our --model values (default vector,invariant)")
     p.add_argument("--largest-only", default="invariant",
@@ -399,7 +418,7 @@ def calls_and_md(args: argparse.Namespace, folders: dict[str, Path], venv: Path,
         row = {f"ours {m}": ours_call_ms(work / f"{m}-{b:g}min", atoms, 2) for m in models}
         if not args.no_mace:
             res = subprocess.run([str(venv / "bin" / "python"), str(HERE / "mace_tools.py"), "time",
-                                  str(work / "mace-run" / "mace.model"), str(structures), "--threads", "2"],
+                                  str(work / "mace-probe" / "mace.model"), str(structures), "--threads", "2"],
                                  capture_output=True, text=True)
             if res.returncode == 0:
                 ms = json.loads(res.stdout.strip().splitlines()[-1])
@@ -432,8 +451,8 @@ def calls_and_md(args: argparse.Namespace, folders: dict[str, Path], venv: Path,
 def print_tables(table: dict) -> None:
     print(f"\n{table['version']}; {table['threads']} thread(s) per training process")
     for name, entry in table["sets"].items():
-        print(f"\n{name}: test force MAE (meV/A) / energy MAE (meV/atom) at each wall-clock budget")
-        print("| model | " + " | ".join(f"{b:g} min" for b in table["budgets_min"]) + " |")
+        print(f"\n{name}: test force MAE (meV/A) / energy MAE (meV/atom) at each CPU-time budget")
+        print("| model | " + " | ".join(f"{b:g} CPU-min" for b in table["budgets_min"]) + " |")
         print("|---|" + "---|" * len(table["budgets_min"]))
         for model, res in entry.items():
             cells = []

@@ -288,3 +288,14 @@ def test_old_field_names_read_from_old_checkpoints():
     assert "hidden_nf" not in cfg.to_dict() and cfg.to_dict()["hidden_channels"] == 8
     with pytest.raises(TypeError):
         AtomsModelConfig(species=[1], hidden_nf=8)
+    # written before the vector model existed: no vector_channels / update_coords, and a distances-only model
+    assert (cfg.vector_channels, cfg.update_coords) == (0, False)
+
+
+def test_vector_options_are_checked():
+    with pytest.raises(ValueError, match="vector_channels must be an integer >= 0"):
+        AtomsModelConfig(species=[1], vector_channels=-1)
+    with pytest.raises(ValueError, match="update_coords is an option of the invariant model"):
+        AtomsModelConfig(species=[1], vector_channels=2, update_coords=True)
+    with pytest.raises(ValueError, match="vector_scale must be positive"):
+        AtomsModelConfig(species=[1], vector_channels=2, vector_scale=0.0)

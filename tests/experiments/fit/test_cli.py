@@ -51,6 +51,26 @@ def test_fit_writes_a_loadable_run(run, files):
     assert len(list((files / "cache").glob("*.npz"))) == 2
 
 
+@pytest.mark.parametrize(("flags", "vectors", "update_coords", "lr"), [
+    ([], 8, False, 5e-3),  # the default: the directional model at its own learning rate
+    (["--vectors", "3"], 3, False, 5e-3),
+    (["--model", "invariant"], 0, False, 2e-3),
+    (["--model", "coords"], 0, True, 2e-3),
+])
+def test_model_kinds_and_their_learning_rates(files, tmp_path, flags, vectors, update_coords, lr):
+    import egnn
+
+    out = tmp_path / "run"
+    args = fit_args(files, out, *flags)
+    args[args.index("--epochs") + 1] = "1"
+    assert main(args) == 0
+    model = egnn.load_model(out)
+    assert (model.config.vector_channels, model.config.update_coords) == (vectors, update_coords)
+    assert len(model.layers) == 1 and type(model.layers[0]).__name__ == ("VectorEGCL" if vectors else "EnvelopeEGCL")
+    recipe = json.loads((out / "run.json").read_text())["identity"]["recipe"]
+    assert recipe["lr"] == pytest.approx(lr)
+
+
 def test_predict_and_eval(run, files, capsys):
     import egnn
     from egnn.atoms.data import read_dataset

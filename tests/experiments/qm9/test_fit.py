@@ -50,6 +50,17 @@ def test_every_target_has_a_family_and_a_recipe() -> None:
         quick.recipe("u0")
 
 
+def test_quick_vector_is_the_quick_recipe_with_the_vector_model(slice_dir: Path) -> None:
+    quick, vector = qf.PRESETS.get("quick"), qf.PRESETS.get("quick-vector")
+    for target in ("U0", "homo", "mu"):
+        opts = vector.model_options(target)
+        assert opts == {**quick.model_options(target), "vector_channels": 8}
+        assert vector.train_config(target) == quick.train_config(target)
+    splits = load_atoms_splits(slice_dir, "U0")
+    model = qf.build_model(splits["train"], {**vector.model_options("U0"), **TINY}, "U0")
+    assert model.config.vector_channels == 8 and type(model.layers[0]).__name__ == "VectorEGCL"
+
+
 def test_conversion_keeps_molecules_and_targets(slice_dir: Path) -> None:
     data = qm9.load(slice_dir, progress=False)
     rows = split_rows(data, slice_dir)

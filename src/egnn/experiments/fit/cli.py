@@ -76,13 +76,12 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
         subparsers, "fit", _run_fit, "train an energy/force EGNN on your own data (any ASE-readable file)",
         description="Fit an EGNN atoms model (default: with vector channels, --model vector) to a graph-level "
-        "target (an energy) and optionally forces (-dE/dx) read "
-        "from atoms.info, atoms.arrays or the calculator results of every frame. Writes RUN/best (load with "
-        "egnn.load_model or egnn.ase.EGNNCalculator), log.csv, summary.json and parity plots. Optimisation "
-        "defaults: 160 epochs, batch 16, lr 5e-3 (--model vector; 2e-3 for the others) with 200 warm-up steps and "
-        "cosine decay to 2 %, gradient norm clipped at 5, EMA 0.99. For a property that is not a sum over atoms "
-        "(HOMO, LUMO, gap, dipole moment) use "
-        "--readout mlp --loss l1 --cutoff none (the paper's QM9 recipe).",
+        "target (an energy) and optionally forces (-dE/dx) read from atoms.info, atoms.arrays or the calculator "
+        "results of every frame. Writes RUN/best (load with egnn.load_model or egnn.ase.EGNNCalculator), log.csv, "
+        "summary.json and parity plots. Optimisation defaults: 160 epochs, batch 16, lr 5e-3 (--model vector; "
+        "2e-3 for the others) with 200 warm-up steps and cosine decay to 2 %, gradient norm clipped at 5, EMA 0.99. "
+        "For a property that is not a sum over atoms (HOMO, LUMO, gap, dipole moment) use --readout mlp --loss l1 "
+        "--cutoff none (the paper's QM9 recipe).",
     )
     p.add_argument("--data", required=True, metavar="TRAIN",
                    help="training file (extxyz, ASE .db, .traj ...) or store (egnn data pack)")
