@@ -189,3 +189,40 @@ def test_shipped_model(name):
     assert model.meta["pretrained"]["name"] == name
     if "target" in card:
         assert card["target"] == model.config.target
+
+
+def test_every_shipped_qm9_model_states_its_training_domain():
+    for name in pretrained.available(folder=pretrained.PACKAGE_DIR):
+        d = pretrained.domain(name, folder=pretrained.PACKAGE_DIR)
+        assert d == pretrained.QM9_DOMAIN, name
+        line = pretrained.describe_domain(d)
+        assert "H, C, N, O, F" in line and "29 atoms" in line and "9 heavy" in line and "B3LYP/6-31G(2df,p)" in line
+
+
+def test_domain_note_names_what_lies_outside():
+    note = pretrained.domain_note("qm9-U0", [[6, 1, 1, 1, 1], [6] * 10, [14, 1, 1, 1, 1], [1] * 30],
+                                  folder=pretrained.PACKAGE_DIR)
+    assert note.startswith("egnn: note: 3 of 4 structures lie outside the training domain of qm9-U0")
+    assert "structure 1 has 10 atoms (10 heavy) and 2 more" in note and "\n" not in note
+    assert pretrained.domain_note("qm9-U0", [[8, 1, 1]] * 3, folder=pretrained.PACKAGE_DIR) is None
+
+
+def test_predict_with_a_pretrained_name_notes_structures_outside_its_domain(tmp_path, capsys, monkeypatch):
+    """``egnn predict --model qm9-U0`` on C60 predicts it and says in one stderr line that it is an
+    extrapolation; methane gives no note."""
+    pytest.importorskip("ase")
+    import ase.build
+    import ase.io
+
+    from egnn.experiments.cli import main
+
+    monkeypatch.delenv(pretrained.ENV_DIR, raising=False)
+    ase.io.write(tmp_path / "c60.xyz", ase.build.molecule("C60"), format="extxyz")
+    ase.io.write(tmp_path / "ch4.xyz", ase.build.molecule("CH4"), format="extxyz")
+    assert main(["predict", "--model", "qm9-U0", str(tmp_path / "c60.xyz"), "--out", str(tmp_path / "p.xyz")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("egnn: note: 1 of 1 structures lie outside the training domain")
+    assert "structure 0 has 60 atoms (60 heavy)" in err[0]
+    assert ase.io.read(tmp_path / "p.xyz").info["U0_pred"] != 0
+    assert main(["predict", "--model", "qm9-U0", str(tmp_path / "ch4.xyz"), "--out", str(tmp_path / "q.xyz")]) == 0
+    assert capsys.readouterr().err == ""

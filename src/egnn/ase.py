@@ -45,6 +45,7 @@ class EGNNCalculator(Calculator):
         self.dtype = dtype
 
     def calculate(self, atoms: Any = None, properties: Any = None, system_changes: Any = all_changes) -> None:
+        """ASE's entry point: compute every implemented property of ``atoms`` into ``self.results``."""
         super().calculate(atoms, properties or ["energy"], system_changes)
         a = self.atoms
         if len(a) == 0:

@@ -113,3 +113,32 @@ def test_inductor_training_equals_eager_at_two_threads(name, two_threads):
         assert grads[0].keys() == grads[1].keys() and grads[0]
         for k in grads[0]:
             torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-5, rtol=1e-5, msg=f"{name}: grad of {k}")
+
+
+def test_batch_without_num_graphs_is_one_graph():
+    """Called as the layer example calls it (``batch=`` and no ``num_graphs=``), the compiled model is one graph
+    without breaks: the graph count is read before tracing starts (``egnn.nn.egnn.count_graphs``; with
+    ``fullgraph=True`` pass ``num_graphs``)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = EGNN(in_channels=4, hidden_channels=16, num_layers=2, normalize=True, tanh=True, graph_out_channels=1)
+    g = torch.Generator().manual_seed(2)
+
+    def args(sizes):
+        n = sum(sizes)
+        pos = torch.randn(n, 3, generator=g)
+        batch = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+        return {"h": torch.randn(n, 4, generator=g), "pos": pos, "edge_index": radius_graph(pos, 1.5, batch=batch),
+                "batch": batch}
+
+    explained = torch._dynamo.explain(model)(**args([7, 9]))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=True)
+    for sizes in ([7, 9], [5, 6, 8], [4, 4, 4, 9], [12, 3]):
+        a = args(sizes)
+        out, ref = compiled(**a), model(**a)
+        assert out.graph.shape == (len(sizes), 1)
+        torch.testing.assert_close(out.graph, ref.graph, atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 1, f"{counter.frame_count} graphs"

@@ -124,6 +124,7 @@ class AtomsData:
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays by name (``z``, ``pos``, ``offsets``, ``cell``, ``pbc`` and the targets that exist)."""
         out = {"z": self.z, "pos": self.pos, "offsets": self.offsets, "cell": self.cell, "pbc": self.pbc}
         if self.energy is not None:
             out["energy"] = self.energy
@@ -474,6 +475,7 @@ def _sha256_bytes(data: bytes | memoryview) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hexadecimal (read in blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):

@@ -98,6 +98,7 @@ class AtomsGraphs:
 
     @property
     def num_edges(self) -> int:
+        """The number of edges of all frames together."""
         return int(self.edge_index.shape[1])
 
     @staticmethod
@@ -107,6 +108,7 @@ class AtomsGraphs:
         return torch.repeat_interleave(starts - first, sizes) + torch.arange(int(sizes.sum()))
 
     def get(self, indices: Tensor, device: torch.device | str = "cpu") -> AtomsBatch:
+        """The frames ``indices`` as one :class:`AtomsBatch` on ``device`` (their atoms and edges concatenated)."""
         rows = torch.as_tensor(indices, dtype=torch.long).cpu().reshape(-1)
         a_start, a_size = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
         e_start, e_size = self.edge_offsets[rows], self.edge_offsets[rows + 1] - self.edge_offsets[rows]

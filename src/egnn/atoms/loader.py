@@ -20,7 +20,8 @@ from egnn.atoms.graphs import AtomsBatch, AtomsGraphs
 
 
 class FrameRows:
-    """Rows of a frame source (an :class:`~egnn.atoms.store.AtomsStore` or an :class:`AtomsData`) as a data set.
+    """Rows of a frame source (an :class:`~egnn.atoms.store.AtomsStore` or an
+    :class:`~egnn.atoms.data.AtomsData`) as a data set.
 
     Args:
         source: where the frames are.
@@ -43,10 +44,12 @@ class FrameRows:
         return self.base.n_atoms[self.rows]
 
     def subset(self, rows: np.ndarray) -> FrameRows:
+        """The rows at positions ``rows`` of this set, as a new set over the same source."""
         return FrameRows(self.base, self.rows[np.asarray(rows, dtype=np.int64)])
 
     def read(self, indices: np.ndarray | Tensor) -> AtomsData:
-        """Frames ``indices`` of this set (positions in ``rows``) as an in-memory :class:`AtomsData`."""
+        """Frames ``indices`` of this set (positions in ``rows``) as an in-memory
+        :class:`~egnn.atoms.data.AtomsData`."""
         picked = self.rows[np.asarray(indices, dtype=np.int64).reshape(-1)]
         if isinstance(self.base, AtomsData):
             return self.base.subset(picked)
@@ -118,6 +121,8 @@ class OnTheFlyGraphs:
         return len(self.frames)
 
     def get(self, indices: Tensor | np.ndarray, device: torch.device | str = "cpu") -> AtomsBatch:
+        """Read the frames ``indices`` and build their neighbour lists now: one
+        :class:`~egnn.atoms.graphs.AtomsBatch`."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
         chunk = self.frames.read(idx.numpy())
         graphs = AtomsGraphs(chunk, self.cutoff, self.images, self.dtype, frame_ids=self.frames.rows[idx.numpy()])
@@ -126,6 +131,7 @@ class OnTheFlyGraphs:
         return batch
 
     def loader(self, index_batches: Sequence[Tensor], device: torch.device) -> Iterator[AtomsBatch]:
+        """The batches ``index_batches`` in order, read and built by the worker processes ahead of use."""
         if self.workers == 0:
             for idx in index_batches:
                 yield self.get(idx, device)

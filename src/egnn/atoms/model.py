@@ -61,6 +61,7 @@ _HEAD_OUT = {"sum": 1, "mean": 1, "dipole": 1, "spatial": 2}
 
 
 def element_name(z: int) -> str:
+    """The chemical symbol of atomic number ``z`` (``"Z=<z>"`` outside the periodic table)."""
     return ELEMENTS[z] if 0 < z < len(ELEMENTS) else f"Z={z}"
 
 
@@ -82,7 +83,7 @@ class EnvelopeEGCL(EGCL):
     """:class:`~egnn.nn.EGCL` whose messages :math:`m_{ij}` are multiplied by a per-edge weight.
 
     The weight travels as the last column of ``edge_attr`` (so it is chunked with the edges); the other columns are
-    the layer's ordinary edge attributes (``edge_dim`` of them). Used through :meth:`propagate`.
+    the layer's ordinary edge attributes (``edge_dim`` of them). Used through ``propagate``.
     """
 
     def _messages(self, h, pos, src, dst, edge_attr, proj, *args, **kwargs):  # type: ignore[override]
@@ -193,6 +194,7 @@ class AtomsModelConfig(AtomsArchitecture):
             raise ValueError(f"scale must be positive and finite, shift finite; got {self.scale}, {self.shift}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (JSON-ready; stored in checkpoints)."""
         return asdict(self)
 
     @classmethod
@@ -252,10 +254,12 @@ class AtomsModel(nn.Module):
 
     @property
     def cutoff(self) -> float | None:
+        """The neighbour radius in Angstrom (``None``: complete graphs)."""
         return self.config.cutoff
 
     @property
     def species(self) -> list[int]:
+        """The atomic numbers the model was trained on, in the order of its one-hot encoding."""
         return list(self.config.species)
 
     def extra_repr(self) -> str:
@@ -265,7 +269,7 @@ class AtomsModel(nn.Module):
 
     # --- inputs -----------------------------------------------------------------------------------------------
     def species_index(self, z: Tensor) -> Tensor:
-        """Index of each atomic number in :attr:`species`; ``ValueError`` for elements not trained on."""
+        """Index of each atomic number in ``species``; ``ValueError`` for elements not trained on."""
         z = z.long()
         if z.numel() and (int(z.min()) < 1 or int(z.max()) > 118):
             raise ValueError(f"atomic numbers must be in 1..118, got {int(z.min())}..{int(z.max())}")
@@ -328,6 +332,8 @@ class AtomsModel(nn.Module):
         self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None,
         batch: Tensor | None = None, num_graphs: int | None = None,
     ) -> Tensor:
+        """The predicted target of each structure ``[B]`` from atomic numbers ``z`` ``[N]``, positions ``pos``
+        ``[N, 3]`` and the edges (``edge_shift``: periodic image offsets; ``batch``: the structure of each atom)."""
         if batch is None:
             batch = torch.zeros(z.shape[0], dtype=torch.long, device=pos.device)
             num_graphs = 1

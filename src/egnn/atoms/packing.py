@@ -392,7 +392,8 @@ def pack(paths: Sequence[str | os.PathLike], out: str | os.PathLike, energy_key:
         chunk_frames: frames gathered before they are written.
 
     Returns:
-        The store's summary (:meth:`AtomsStore.summary`) with ``seconds`` and ``frames_per_s`` of the pack.
+        The store's summary (:meth:`~egnn.atoms.store.AtomsStore.summary`) with ``seconds`` and
+        ``frames_per_s`` of the pack.
 
     Raises:
         AtomsDataError: as one line naming the file, the frame and the key; no store and no partial folder is

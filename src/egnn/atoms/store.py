@@ -314,7 +314,7 @@ class AtomsStore:
             got += n
 
     def read(self, rows: Sequence[int] | np.ndarray) -> AtomsData:
-        """The frames ``rows`` (any order, repeats allowed) as an in-memory :class:`AtomsData`.
+        """The frames ``rows`` (any order, repeats allowed) as an in-memory :class:`~egnn.atoms.data.AtomsData`.
 
         Runs of consecutive rows are read with one ``pread`` per array.
 

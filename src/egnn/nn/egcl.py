@@ -36,8 +36,8 @@ class EGCL(nn.Module):
         m_{ij} &= \phi_e(h_i, h_j, \|x_i - x_j\|^2, a_{ij}) \\
         x_i &\leftarrow x_i + C \sum_{j \ne i} (x_i - x_j)\, \phi_x(m_{ij}) \\
         m_i &= \sum_{j \ne i} e_{ij} m_{ij}, \qquad e_{ij} = \phi_{inf}(m_{ij}) \in [0, 1]
-              \text{ (with ``attention``; else } e_{ij} = 1) \\
-        h_i &\leftarrow \phi_h(h_i, m_i)\ (+\, h_i \text{ with ``residual``})
+              \text{ (with attention; else } e_{ij} = 1) \\
+        h_i &\leftarrow \phi_h(h_i, m_i)\ (+\, h_i \text{ with residual})
 
     Edge convention: ``edge_index[0]`` is the source ``j``, ``edge_index[1]`` the target ``i``; messages
     aggregate at ``edge_index[1]``.
@@ -178,6 +178,8 @@ class EGCL(nn.Module):
         node_attr: Tensor | None = None,
         edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """One layer: the new node features and positions ``(h, pos)`` (shapes in the class docstring); the inputs
+        are checked first and never modified."""
         self.check_inputs(h, pos, edge_index, edge_attr, node_attr, edge_shift=edge_shift)
         h_out, delta, _ = self.propagate(h, pos, edge_index.long(), edge_attr, node_attr, edge_shift=edge_shift)
         return h_out, pos + delta if delta is not None else pos
@@ -185,6 +187,8 @@ class EGCL(nn.Module):
     def check_inputs(
         self, h, pos, edge_index, edge_attr=None, node_attr=None, vel=None, require_vel=False, edge_shift=None
     ):
+        """Raise ``ValueError`` naming the argument when a tensor of a forward call has the wrong shape, dtype or
+        range (edge indices outside the nodes, NaN/Inf); what :meth:`forward` checks before it computes."""
         check_graph_inputs(
             h=h, pos=pos, edge_index=edge_index, in_features=self.in_channels,
             dtype=self.edge_mlp[0].weight.dtype, edge_attr=edge_attr, edge_dim=self.edge_dim,
@@ -382,6 +386,8 @@ class EGCLVel(EGCL):
             m.reset_parameters()
 
     def reset_parameters(self) -> None:
+        r"""Re-initialise every parameter as at construction (:meth:`EGCL.reset_parameters`, :math:`\phi_v`
+        included)."""
         super().reset_parameters()  # every nn.Linear, vel_mlp included once it exists
 
     def forward(  # type: ignore[override]
@@ -394,6 +400,7 @@ class EGCLVel(EGCL):
         vel: Tensor | None = None,
         edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """One layer: the new ``(h, pos, vel)``; ``vel`` (the initial velocity :math:`v^{init}`) is required."""
         self.check_inputs(h, pos, edge_index, edge_attr, node_attr, vel=vel, require_vel=True, edge_shift=edge_shift)
         h_out, pos_out, vel_out, _ = self.propagate_vel(
             h, pos, edge_index.long(), vel, edge_attr, node_attr, edge_shift=edge_shift

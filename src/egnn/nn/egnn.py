@@ -54,6 +54,7 @@ class EGNNConfig:
     checkpoint_chunks: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (JSON-ready; :meth:`from_dict` reads it back)."""
         return asdict(self)
 
     @classmethod
@@ -130,6 +131,17 @@ class EGNN(nn.Module):
           ``edge_shift`` ``[E, n]`` (optional): Cartesian offset of each edge's source periodic image, the
           coordinate difference being :math:`x_i - (x_j + s_{ij})` in every layer (see :class:`EGCL`)
         - **output:** :class:`EGNNOutput`
+
+    Example: two graphs of 3 and 4 nodes, complete graphs, one value per graph.
+
+    >>> import torch
+    >>> from egnn.nn import EGNN
+    >>> from egnn.ops import fully_connected_edges
+    >>> model = EGNN(in_channels=2, hidden_channels=16, num_layers=2, graph_out_channels=1)
+    >>> batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    >>> out = model(torch.randn(7, 2), torch.randn(7, 3), fully_connected_edges([3, 4]), batch=batch)
+    >>> out.h.shape, out.pos.shape, out.vel, out.graph.shape
+    (torch.Size([7, 16]), torch.Size([7, 3]), None, torch.Size([2, 1]))
     """
 
     def __init__(
@@ -206,6 +218,7 @@ class EGNN(nn.Module):
 
     @classmethod
     def from_config(cls, config: EGNNConfig | dict[str, Any]) -> EGNN:
+        """A new model (fresh weights) built from an :class:`EGNNConfig` or its dict form."""
         if isinstance(config, dict):
             config = EGNNConfig.from_dict(config)
         return cls(**config.to_dict())
@@ -232,7 +245,24 @@ class EGNN(nn.Module):
         num_graphs: int | None = None,
         edge_shift: Tensor | None = None,
     ) -> EGNNOutput:
+        """Run the model on a batch of graphs (shapes in the class docstring).
+
+        Args:
+            h, pos, edge_index, edge_attr, vel, edge_shift: see Shapes above; ``edge_index[0]`` is the source
+                ``j`` and ``edge_index[1]`` the target ``i`` of each message.
+            batch: the graph of each node (sorted), for the graph readout; ``None``: one graph.
+            num_graphs: the number of graphs ``B``; read from ``batch`` when not given (outside the traced code
+                under ``torch.compile``, so the compiled model stays one graph; with ``fullgraph=True`` pass it).
+
+        Returns:
+            :class:`EGNNOutput` ``(h, pos, vel, graph)``.
+        """
         c = self.config
+        if batch is not None and num_graphs is None and self.graph_head is not None and torch.compiler.is_compiling():
+            # the graph count is a value of ``batch``: read it outside the traced code, before any operation, so
+            # that torch.compile still makes one graph of the whole model (reading it in pool would break the
+            # graph there, and the breaks would split the model into several graphs)
+            num_graphs = count_graphs(batch)
         check_graph_inputs(
             h=h, pos=pos, edge_index=edge_index, in_features=c.in_channels, dtype=self.embedding.weight.dtype,
             edge_attr=edge_attr, edge_dim=c.edge_dim, vel=vel, require_vel=c.velocity, edge_shift=edge_shift,
@@ -305,3 +335,11 @@ class EGNN(nn.Module):
         if self.config.readout == "sum":
             return scatter_sum(x, batch, num_graphs)
         return scatter_mean(x, batch, num_graphs)
+
+
+@torch.compiler.disable
+def count_graphs(batch: Tensor) -> int:
+    """The number of graphs of a (sorted) ``batch`` vector, ``max + 1`` (0 when empty); never traced by
+    ``torch.compile``, so that :class:`EGNN` called with ``batch`` but without ``num_graphs`` still compiles to one
+    graph."""
+    return int(batch.max()) + 1 if batch.numel() else 0

@@ -60,6 +60,7 @@ class GCL(nn.Module):
         )  # fmt: skip
 
     def reset_parameters(self) -> None:
+        """Re-initialise every parameter as at construction."""
         # the order of construction, so that a seeded reset draws what a seeded constructor drew
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -70,6 +71,7 @@ class GCL(nn.Module):
                 f"residual={self.residual}")
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
+        """The new node features ``[N, out_channels]``."""
         src, dst = edge_index[0], edge_index[1]
         parts = [h[dst], h[src]] + ([edge_attr] if edge_attr is not None else [])
         m = self.edge_mlp(torch.cat(parts, dim=-1))

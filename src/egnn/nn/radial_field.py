@@ -71,6 +71,7 @@ class RadialFieldLayer(nn.Module):
         )
 
     def reset_parameters(self) -> None:
+        """Re-initialise every parameter as at construction."""
         # same order of random draws as __init__: a seeded reset gives the seeded constructor's weights
         self.phi[2].reset_parameters()
         nn.init.xavier_uniform_(self.phi[2].weight, gain=1e-3)
@@ -85,6 +86,7 @@ class RadialFieldLayer(nn.Module):
 
     def forward(self, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None, vel: Tensor | None = None,
                 vel_norm: Tensor | None = None, count: Tensor | None = None) -> Tensor:
+        """The new positions ``[N, n]`` (``vel_norm``: precomputed ``||v_i||``; ``count``: precomputed in-degrees)."""
         src, dst = edge_index[0], edge_index[1]
         diff = pos[dst] - pos[src]
         dist = torch.sqrt((diff * diff).sum(-1, keepdim=True) + self.dist_eps)

@@ -106,6 +106,8 @@ class VectorEGCL(nn.Module):
         node_attr: Tensor | None = None,
         edge_shift: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """One layer: the new invariant features ``h`` and vector channels ``vec`` (shapes in the class docstring;
+        ``vec=None`` starts the vector channels at zero)."""
         n, dim = pos.shape
         if h.dim() != 2 or h.shape != (n, self.in_channels):
             raise ValueError(f"h must have shape [{n}, {self.in_channels}], got {list(h.shape)}")

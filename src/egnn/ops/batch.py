@@ -37,10 +37,12 @@ class Graph:
 
     @property
     def num_nodes(self) -> int:
+        """``N``, the number of nodes of all graphs together."""
         return int(self.pos.shape[0])
 
     @property
     def num_edges(self) -> int:
+        """``E``, the number of edges of all graphs together."""
         return int(self.edge_index.shape[1])
 
     def batch_vector(self) -> Tensor:

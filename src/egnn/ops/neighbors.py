@@ -49,6 +49,10 @@ def fully_connected_edges(sizes: Tensor | list[int], device: torch.device | str 
 
     Returns:
         ``edge_index`` of shape ``[2, sum_b n_b (n_b - 1)]``, sorted by target then source.
+
+    >>> fully_connected_edges([2, 3])   # graph 0: nodes 0, 1; graph 1: nodes 2, 3, 4
+    tensor([[1, 0, 3, 4, 2, 4, 2, 3],
+            [0, 1, 2, 2, 3, 3, 4, 4]])
     """
     sizes = torch.as_tensor(sizes, dtype=torch.long, device=device)
     if sizes.dim() != 1 or bool((sizes < 0).any()):
@@ -230,6 +234,11 @@ def radius_graph(
 
     Returns:
         ``edge_index`` of shape ``[2, E]``, sorted by target, distance, source.
+
+    >>> pos = torch.tensor([[0.0, 0.0], [0.5, 0.0], [3.0, 0.0], [3.2, 0.0]])
+    >>> radius_graph(pos, r=1.0, batch=torch.tensor([0, 0, 0, 1]))   # nodes 2 and 3 are in different graphs
+    tensor([[1, 0],
+            [0, 1]])
     """
     if not r > 0:
         raise ValueError(f"r must be positive, got {r}")

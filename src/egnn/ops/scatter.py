@@ -16,6 +16,9 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
 
     Returns:
         Tensor of shape ``[dim_size, *]`` with the dtype and device of ``src``.
+
+    >>> scatter_sum(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0, 2, 0]), dim_size=4)
+    tensor([5., 0., 2., 0.])
     """
     out = src.new_zeros((dim_size, *src.shape[1:]))
     return out.index_add_(0, index, src)

@@ -7,7 +7,9 @@ model (an ordinary :func:`egnn.atoms.model.save_model` checkpoint, float32 weigh
      "models": {NAME: {"file": "NAME.safetensors", "sha256": HEX, "card": {...}}}}
 
 with ``sha256`` the SHA-256 of the whole file, checked by :func:`load_pretrained` before the file is read, and
-``card`` free JSON (target, unit, data split, recipe, test MAE, command, commit ...).
+``card`` free JSON (target, unit, data split, recipe, test MAE, command, commit ...). A card's ``domain``, when
+present, says what the model was trained on (:data:`QM9_DOMAIN` for the shipped QM9 models); :func:`domain_note`
+checks structures against it (``egnn predict --model NAME`` prints its note on stderr).
 
 Every function takes ``folder=`` to use another folder than the shipped one. Without it the folder is
 ``$EGNN_PRETRAINED_DIR`` when that environment variable is set (tests, private model collections, the
@@ -99,7 +101,14 @@ def read_index(folder: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def available(folder: str | os.PathLike | None = None) -> list[str]:
-    """Names of the pretrained models in ``folder`` (default: see :func:`default_folder`), sorted."""
+    """Names of the pretrained models in ``folder`` (default: see :func:`default_folder`), sorted.
+
+    >>> import egnn
+    >>> egnn.pretrained.available(egnn.pretrained.PACKAGE_DIR)[:4]
+    ['qm9-Cv', 'qm9-G', 'qm9-H', 'qm9-U']
+    >>> egnn.pretrained.card("qm9-U0", egnn.pretrained.PACKAGE_DIR)["unit"]
+    'meV'
+    """
     return sorted(read_index(folder)["models"])
 
 
@@ -167,6 +176,112 @@ def load_pretrained(name: str, device: torch.device | str = "cpu", dtype: torch.
     from egnn.atoms.model import load_model
 
     return load_model(verify(name, folder), device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------ training domain
+
+#: The training domain of the shipped QM9 models, the molecules of QM9 (GDB-9, up to 9 heavy atoms C, N, O, F
+#: and up to 29 atoms with hydrogens) with properties computed by DFT at the B3LYP/6-31G(2df,p) level.
+QM9_DOMAIN: dict[str, Any] = {
+    "data": "QM9 (134k small organic molecules of GDB-9, 130,831 after the standard exclusions)",
+    "elements": ["H", "C", "N", "O", "F"],
+    "max_atoms": 29,
+    "max_heavy_atoms": 9,
+    "level_of_theory": "B3LYP/6-31G(2df,p)",
+}
+
+_SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F"}
+
+
+def domain(name: str, folder: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The training domain on model ``name``'s card (``elements``, ``max_atoms``, ``max_heavy_atoms``,
+    ``level_of_theory``, ``data``), or ``None`` when its card does not state one.
+
+    Raises:
+        ValueError: no model of that name.
+    """
+    found = _entry(name, folder)["card"].get("domain")
+    return copy.deepcopy(found) if isinstance(found, dict) else None
+
+
+def describe_domain(d: dict[str, Any] | None) -> str:
+    """One line for people: ``QM9 (...): elements H, C, N, O, F; at most 29 atoms, 9 heavy atoms; B3LYP/...``."""
+    if not d:
+        return "not stated"
+    parts = [str(d.get("data", "unnamed data"))]
+    if d.get("elements"):
+        parts.append("elements " + ", ".join(d["elements"]))
+    sizes = [f"at most {d['max_atoms']} atoms" if d.get("max_atoms") else "",
+             f"{d['max_heavy_atoms']} heavy atoms" if d.get("max_heavy_atoms") else ""]
+    if any(sizes):
+        parts.append(", ".join(s for s in sizes if s))
+    if d.get("level_of_theory"):
+        parts.append(f"labels at the {d['level_of_theory']} level")
+    return "; ".join(parts)
+
+
+def domain_note(name: str, numbers: Any, folder: str | os.PathLike | None = None) -> str | None:
+    """One line saying which structures lie outside model ``name``'s training domain, or ``None``.
+
+    Args:
+        name: a pretrained model (one of :func:`available`).
+        numbers: the atomic numbers of each structure (an iterable of integer sequences).
+        folder: the models' folder (default: see :func:`default_folder`).
+
+    A structure is outside when it holds an element the model was not trained on, more atoms than
+    ``max_atoms`` or more heavy (non-hydrogen) atoms than ``max_heavy_atoms``. The model still predicts it: the
+    number is an extrapolation.
+
+    >>> from egnn import pretrained
+    >>> print(pretrained.domain_note("qm9-U0", [[6, 1, 1, 1, 1]]))  # methane
+    None
+    >>> note = pretrained.domain_note("qm9-U0", [[6] * 60])  # C60
+    >>> note.startswith("egnn: note: 1 of 1 structures lie outside the training domain of qm9-U0")
+    True
+    >>> note.split(": ")[-1]
+    'structure 0 has 60 atoms (60 heavy); its prediction is an extrapolation'
+    """
+    d = domain(name, folder)
+    if not d:
+        return None
+    allowed = set(d.get("elements") or [])
+    max_atoms, max_heavy = d.get("max_atoms"), d.get("max_heavy_atoms")
+    outside: list[str] = []
+    total = 0
+    for i, z in enumerate(numbers):
+        total += 1
+        z = [int(v) for v in z]
+        why = []
+        other = sorted({v for v in z if _SYMBOLS.get(v) not in allowed}) if allowed else []
+        if other:
+            why.append("atomic numbers " + ", ".join(map(str, other)))
+        heavy = sum(1 for v in z if v != 1)
+        if (max_atoms and len(z) > max_atoms) or (max_heavy and heavy > max_heavy):
+            why.append(f"{len(z)} atoms ({heavy} heavy)")
+        if why:
+            outside.append(f"structure {i} has {' and '.join(why)}")
+    if not outside:
+        return None
+    more = f" and {len(outside) - 1} more" if len(outside) > 1 else ""
+    return (f"egnn: note: {len(outside)} of {total} structures lie outside the training domain of {name} "
+            f"({describe_domain(d)}): {outside[0]}{more}; its prediction is an extrapolation")
+
+
+def file_domain_note(name: str, path: str | os.PathLike, folder: str | os.PathLike | None = None) -> str | None:
+    """:func:`domain_note` for the structures of an ASE-readable file or a store (``egnn data pack``); ``None``
+    also when model ``name``'s card states no domain (then the file is not read)."""
+    if domain(name, folder) is None:
+        return None
+    from egnn.atoms.data import read_frames
+    from egnn.atoms.store import is_store, open_store
+
+    if is_store(path):
+        with open_store(path, verify=False) as store:
+            numbers = [d.z[d.offsets[i] : d.offsets[i + 1]] for _, d in store.chunks()
+                       for i in range(len(d.offsets) - 1)]
+    else:
+        numbers = [atoms.numbers for atoms in read_frames(path)]
+    return domain_note(name, numbers, folder)
 
 
 # ------------------------------------------------------------------------------------------------ exporting
@@ -243,5 +358,6 @@ def export_pretrained(model_or_checkpoint_path: AtomsModel | str | os.PathLike, 
     return copy.deepcopy(entry)
 
 
-__all__ = ["ENV_DIR", "FORMAT", "PACKAGE_DIR", "available", "card", "default_folder", "export_pretrained",
-           "is_valid_name", "load_pretrained", "model_path", "read_index", "verify"]
+__all__ = ["ENV_DIR", "FORMAT", "PACKAGE_DIR", "QM9_DOMAIN", "available", "card", "default_folder", "describe_domain",
+           "domain", "domain_note", "export_pretrained", "file_domain_note", "is_valid_name", "load_pretrained",
+           "model_path", "read_index", "verify"]

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--preset", default="quick", choices=PRESETS.names(), help="training recipe (default: quick)")
     t.add_argument("--out", type=out_folder, default=None,
                    help="run folder (default runs/ae_<dataset>_<model>_<preset>)")
+    t.add_argument("--graphs", type=positive_int, default=None, metavar="N",
+                   help="graphs per split: N training, N // 10 (at least 10) validation and test graphs (default: "
+                   "the paper's 5000 / 500 / 500; to try things out quickly)")
     add_trainer_arguments(t, compile_flag=False)
 
     tb = add_command(sub, "table", _table, "train the four models on both data sets; print the table next to the "
@@ -62,7 +65,10 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or f"runs/ae_{args.dataset}_{args.model}_{args.preset}"
     overrides = trainer_overrides(args)
     overrides.pop("compile")
-    run = train_ae(args.model, args.dataset, out, preset=args.preset, resume=args.resume, **overrides)
+    sizes = None if args.graphs is None else {"train": args.graphs, "valid": max(10, args.graphs // 10),
+                                               "test": max(10, args.graphs // 10)}
+    run = train_ae(args.model, args.dataset, out, preset=args.preset, resume=args.resume, split_sizes=sizes,
+                   **overrides)
     print(json.dumps(run.test, indent=1))
     print(f"test BCE {run.test['bce']:.3f}  % error {run.test['error_percent']:.3f}  F1 {run.test['f1']:.4f}  "
           f"(best epoch {run.fit['best_epoch']}; run: {out})")

@@ -245,7 +245,21 @@ def _run_predict(args: argparse.Namespace) -> int:
     model = _load_predict_model(source, _device(args.device))
     res = ft.predict_file(model, data, args.out, args.batch_size, forces=False if args.no_forces else None)
     print(json.dumps(res, indent=1))
+    _note_domain(model, data)
     return 0
+
+
+def _note_domain(model: AtomsModel, data: str) -> None:
+    """One line on stderr when a pretrained model predicted structures outside its training domain."""
+    import sys
+
+    from egnn import pretrained
+
+    name = model.meta.get("pretrained", {}).get("name")
+    if name and name in pretrained.available():
+        note = pretrained.file_domain_note(name, data)
+        if note:
+            print(note, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------------- eval

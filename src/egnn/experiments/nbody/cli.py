@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="small: the paper's seed-43 nbody_small set; large: the sweep's training set")
     g.add_argument("--num-train", type=positive_int, default=None,
                    help="override the number of training trajectories")
+    g.add_argument("--num-valid", type=positive_int, default=None,
+                   help="override the number of validation trajectories (default 2000)")
+    g.add_argument("--num-test", type=positive_int, default=None,
+                   help="override the number of test trajectories (default 2000)")
     g.add_argument("--seed", type=seed_int, default=None, help="override the preset's seed (small: 43)")
     g.add_argument("--dim", type=int_in(2, 16, "a dimension in [2, 16]"), default=3, help="spatial dimension n")
     g.add_argument("--particles", type=int_in(2, 1000, "a particle count in [2, 1000]"), default=5,
@@ -71,7 +75,8 @@ def _generate(args: argparse.Namespace) -> int:
     from egnn.experiments.nbody.simulate import generate_to_dir
 
     paths = generate_to_dir(args.out, preset=args.preset, num_train=args.num_train, seed=args.seed, dim=args.dim,
-                            n_particles=args.particles, progress=not args.no_progress)
+                            n_particles=args.particles, progress=not args.no_progress, num_valid=args.num_valid,
+                            num_test=args.num_test)
     print(f"wrote {len(paths)} files to {args.out}")
     return 0
 

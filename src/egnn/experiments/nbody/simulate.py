@@ -480,8 +480,10 @@ def generate_to_dir(
     dim: int = 3,
     n_particles: int = 5,
     progress: bool = True,
+    num_valid: int | None = None,
+    num_test: int | None = None,
 ) -> list[Path]:
-    """Generate a preset (optionally overriding its train size / seed) and write the reference's files.
+    """Generate a preset (optionally overriding its split sizes / seed) and write the reference's files.
 
     Returns the written paths. The file suffix is the preset's (``..._charged5_initvel1small.npy``).
     """
@@ -499,8 +501,8 @@ def generate_to_dir(
     t0 = time.perf_counter()
     data = generate_dataset(
         num_train=cfg["num_train"] if num_train is None else num_train,
-        num_valid=cfg["num_valid"],
-        num_test=cfg["num_test"],
+        num_valid=cfg["num_valid"] if num_valid is None else num_valid,
+        num_test=cfg["num_test"] if num_test is None else num_test,
         seed=cfg["seed"] if seed is None else seed,
         n_particles=n_particles,
         dim=dim,

@@ -59,6 +59,8 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
         "the source, else the complement of qm9pack), 'none', or the path of uncharacterized.txt",
     )
     p.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="parse only the first N molecules (a small cache to try things out; default: all)")
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
@@ -68,7 +70,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
     cache = out / qm9.CACHE_NAME
     before = cache.stat().st_mtime_ns if cache.exists() else None
     start = time.perf_counter()
-    path = qm9.prepare(out, args.source, not args.no_progress, exclude=args.exclude, force=args.force)
+    path = qm9.prepare(out, args.source, not args.no_progress, exclude=args.exclude, force=args.force,
+                       limit=args.limit)
     meta = qm9.cache_info(path)
     splits = qm9.load_splits(out)
     elapsed = time.perf_counter() - start

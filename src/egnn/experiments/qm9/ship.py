@@ -31,7 +31,7 @@ def ship_target(grid: str | Path, target: str, preset: str, data_dir: str | Path
         ValueError: the target's run is missing or unfinished.
     """
     from egnn.atoms.model import load_model
-    from egnn.pretrained import export_pretrained
+    from egnn.pretrained import QM9_DOMAIN, export_pretrained
 
     grid = Path(grid)
     state = run_state(grid / target, target, planned_epochs(preset, [target])[target])
@@ -58,6 +58,7 @@ def ship_target(grid: str | Path, target: str, preset: str, data_dir: str | Path
         "slice": {"split": "test", "first": n, "mae": slice_mae},
         "command": shlex.join(train_command(target, preset, Path("runs") / f"qm9_{target}", "data/qm9")),
         "code": code,
+        "domain": QM9_DOMAIN,
     }
     export_pretrained(model, pretrained_name(target), card, folder=folder, overwrite=overwrite)
     return card
