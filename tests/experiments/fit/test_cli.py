@@ -52,8 +52,9 @@ def test_fit_writes_a_loadable_run(run, files):
 
 
 @pytest.mark.parametrize(("flags", "vectors", "update_coords", "lr"), [
-    ([], 8, False, 5e-3),  # the default: the directional model at its own learning rate
-    (["--vectors", "3"], 3, False, 5e-3),
+    ([], 0, False, 2e-3),  # the default, auto: these cells are periodic, so the invariant model
+    (["--model", "vector"], 8, False, 5e-3),  # the directional model at its own learning rate
+    (["--model", "vector", "--vectors", "3"], 3, False, 5e-3),
     (["--model", "invariant"], 0, False, 2e-3),
     (["--model", "coords"], 0, True, 2e-3),
 ])
@@ -168,6 +169,7 @@ def test_energy_only_fit_on_molecules_with_complete_graphs(tmp_path, capsys):
     assert "U0_mae" in res["valid"] and "U0_per_atom_mae" not in res["valid"] and "forces_mae" not in res["valid"]
     model = egnn.load_model(out)
     assert model.cutoff is None and model.config.readout == "mean" and model.config.forces is None
+    assert model.config.vector_channels == 8  # --model auto on molecules (not periodic): the vector model
 
 
 def test_intensive_target_with_the_mlp_readout_and_l1_loss(tmp_path, capsys):

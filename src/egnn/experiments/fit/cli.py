@@ -63,6 +63,16 @@ MODEL_KINDS: dict[str, Callable[[int], dict]] = {
 }
 
 
+def _model_kind(kind: str, data: str) -> str:
+    """``--model auto``: the invariant model for periodic data (materials), the vector model otherwise (molecules),
+    as measured by benchmarks/bench_potentials.py."""
+    if kind != "auto":
+        return kind
+    from egnn.experiments.fit.sources import first_frame_periodic
+
+    return "invariant" if first_frame_periodic(data) else "vector"
+
+
 def _dtype(name: str):
     import torch
 
@@ -75,7 +85,8 @@ def _dtype(name: str):
 def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
         subparsers, "fit", _run_fit, "train an energy/force EGNN on your own data (any ASE-readable file)",
-        description="Fit an EGNN atoms model (default: with vector channels, --model vector) to a graph-level "
+        description="Fit an EGNN atoms model (--model: vector channels for molecules, distances only for periodic "
+        "materials) to a graph-level "
         "target (an energy) and optionally forces (-dE/dx) read from atoms.info, atoms.arrays or the calculator "
         "results of every frame. Writes RUN/best (load with egnn.load_model or egnn.ase.EGNNCalculator), log.csv, "
         "summary.json and parity plots. Optimisation defaults: 160 epochs, batch 16, lr 5e-3 (--model vector; "
@@ -101,10 +112,11 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
                    help="minimum-image convention: refuse a cutoff above half the shortest cell height")
     p.add_argument("--energy-weight", type=nonnegative_float, default=10.0, help="w_E of the loss (default 10)")
     p.add_argument("--forces-weight", type=nonnegative_float, default=1.0, help="w_F of the loss (default 1)")
-    p.add_argument("--model", default="vector", choices=list(MODEL_KINDS),
-                   help="vector (default): layers with --vectors equivariant vector channels per atom, so the "
-                   "messages see bond angles; invariant: distances only (the model before vector channels); "
-                   "coords: distances between positions moved by EGNN's eq. (4) in every layer")
+    p.add_argument("--model", default="auto", choices=["auto", *MODEL_KINDS],
+                   help="vector: layers with --vectors equivariant vector channels per atom, so the messages see "
+                   "bond angles (more accurate on molecules at equal CPU time); invariant: distances only (as "
+                   "accurate on metals, and cheaper); coords: distances between positions moved by EGNN's eq. (4) "
+                   "in every layer; auto (default): invariant when the first training frame is periodic, else vector")
     p.add_argument("--vectors", type=positive_int, default=8, help="vector channels per atom of --model vector "
                    "(default 8)")
     p.add_argument("--hidden", type=positive_int, default=64, help="features per layer (default 64)")
@@ -147,6 +159,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
     from egnn.experiments.fit import train as ft
 
+    args.model = _model_kind(args.model, args.data)
     plan = ft.FitPlan(
         data=ft.DataOptions(train=args.data, target=args.target, forces=args.forces, valid=args.valid,
                             valid_fraction=args.valid_fraction, test=args.test,

@@ -42,6 +42,22 @@ def open_frames(path: str | Path, target: str | None, forces: str | None, cache_
     return FrameRows(store)
 
 
+def first_frame_periodic(path: str | Path) -> bool | None:
+    """Whether the first frame of a file or store is periodic in some direction (``None``: it cannot be read here;
+    the fit that follows says why). One frame is read, not the file."""
+    try:
+        if is_store(path):
+            from egnn.atoms.store import open_store
+
+            with open_store(path, verify=False) as store:
+                return bool(store.read([0]).pbc.any()) if len(store) else None
+        import ase.io
+
+        return bool(ase.io.read(str(path), index=0).pbc.any())
+    except Exception:  # noqa: BLE001 - any unreadable input is reported by the fit itself, with its own message
+        return None
+
+
 def has_forces(d: AtomsData | FrameRows) -> bool:
     return (d.forces_key if isinstance(d, FrameRows) else d.forces) is not None
 
