@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mace-venv", type=Path, default=Path(".venv-mace"))
     p.add_argument("--no-mace", action="store_true", help="ours only")
     p.add_argument("--threads", type=int, default=1, help="threads of each training process (default 1)")
-    p.add_argument("--md-steps", type=int, default=20000, help="NVE steps of 0.5 fs (default 20000: 10 ps)")
+    p.add_argument("--md-steps", type=int, default=20000, help="NVE steps of 0.5 fs (default 20000: 10 ps; 0: no MD)")
     p.add_argument("--skip-calls", action="store_true", help="no call timing and no MD")
     args = p.parse_args(argv)
     from egnn.experiments.run import code_version
@@ -418,7 +418,8 @@ def calls_and_md(args: argparse.Namespace, folders: dict[str, Path], venv: Path,
         row = {f"ours {m}": ours_call_ms(work / f"{m}-{b:g}min", atoms, 2) for m in models}
         if not args.no_mace:
             res = subprocess.run([str(venv / "bin" / "python"), str(HERE / "mace_tools.py"), "time",
-                                  str(work / "mace-probe" / "mace.model"), str(structures), "--threads", "2"],
+                                  str(work / "mace-probe" / "mace.model"), str(structures), "--threads", "2",
+                                  "--index", str(k)],
                                  capture_output=True, text=True)
             if res.returncode == 0:
                 ms = json.loads(res.stdout.strip().splitlines()[-1])
@@ -427,7 +428,7 @@ def calls_and_md(args: argparse.Namespace, folders: dict[str, Path], venv: Path,
                 row["mace"] = f"failed: {res.stderr[-300:]}"
         calls[f"{name}: {len(atoms)} atoms"] = row
         log(f"call ms, {len(atoms)} atoms: {row}")
-    if "molecules" in folders:
+    if "molecules" in folders and args.md_steps:
         import torch
 
         from egnn.ase import EGNNCalculator

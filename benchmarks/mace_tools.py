@@ -2,7 +2,7 @@
 and torch, never egnn: mace-torch 0.3.16 pins e3nn 0.4.4, which our own environment does not hold).
 
     python mace_tools.py eval SKELETON CHECKPOINT TEST.extxyz      # JSON: test MAE of a training checkpoint
-    python mace_tools.py time MODEL STRUCTURES.extxyz --threads 2  # JSON: ms per energy + forces call
+    python mace_tools.py time MODEL STRUCTURES.extxyz --threads 2 [--index K]  # JSON: ms per energy + forces call
 
 ``SKELETON`` is a ``.model`` file of the same architecture (a probe run's), whose weights are replaced by the
 checkpoint's (MACE saves the EMA weights at each improvement of the validation loss).
@@ -64,8 +64,9 @@ def cmd_time(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     for dtype in ("float32", "float64"):
         calc = calculator(args.model, dtype)
-        for k, atoms in enumerate(ase.io.read(args.structures, index=":")):
-            a = atoms.copy()
+        frames = ase.io.read(args.structures, index=":")
+        for k in [args.index] if args.index is not None else range(len(frames)):
+            a = frames[k].copy()
             a.calc = calc
             base = a.positions.copy()
             times = []
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--calls", type=int, default=30)
     t.add_argument("--warmup", type=int, default=5)
+    t.add_argument("--index", type=int, default=None, help="time only this structure of the file")
     args = p.parse_args(argv)
     result = {"eval": cmd_eval, "time": cmd_time}[args.cmd](args)
     print(json.dumps(result))
