@@ -53,12 +53,18 @@ def test_every_library_module_is_on_an_api_page():
     assert set(API_MODULES) - documented == set()
 
 
-def test_cli_reference_lists_every_command_and_option():
+def docs_extension():
+    """The docs' own Sphinx extension (``docs/_ext/egnn_docs.py``), which generates the CLI and pretrained pages."""
     sys.path.insert(0, str(B.DOCS / "_ext"))
     try:
         import egnn_docs
     finally:
         sys.path.pop(0)
+    return egnn_docs
+
+
+def test_cli_reference_lists_every_command_and_option():
+    egnn_docs = docs_extension()
     from egnn.experiments.cli import build_parser
 
     text = egnn_docs.cli_markdown()
@@ -73,11 +79,7 @@ def test_cli_reference_lists_every_command_and_option():
 
 
 def test_pretrained_page_lists_every_shipped_model_with_its_domain():
-    sys.path.insert(0, str(B.DOCS / "_ext"))
-    try:
-        import egnn_docs
-    finally:
-        sys.path.pop(0)
+    egnn_docs = docs_extension()
     from egnn import pretrained
 
     text = egnn_docs.pretrained_markdown()
