@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from egnn.nn.egcl import make_activation
+from egnn.nn.validation import check_graph_inputs
 
 
 class VectorEGCL(nn.Module):
@@ -108,20 +109,12 @@ class VectorEGCL(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """One layer: the new invariant features ``h`` and vector channels ``vec`` (shapes in the class docstring;
         ``vec=None`` starts the vector channels at zero)."""
+        check_graph_inputs(h=h, pos=pos, edge_index=edge_index, in_features=self.in_channels,
+                           dtype=self.edge_mlp[0].weight.dtype, edge_attr=edge_attr, edge_dim=self.edge_dim,
+                           node_attr=node_attr, node_attr_dim=self.node_attr_dim, edge_shift=edge_shift)
         n, dim = pos.shape
-        if h.dim() != 2 or h.shape != (n, self.in_channels):
-            raise ValueError(f"h must have shape [{n}, {self.in_channels}], got {list(h.shape)}")
         if vec is not None and vec.shape != (n, dim, self.vector_channels):
             raise ValueError(f"vec must have shape [{n}, {dim}, {self.vector_channels}], got {list(vec.shape)}")
-        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
-        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
-            raise ValueError(f"edge_index must index nodes 0..{n - 1}")
-        if (edge_attr is None) != (self.edge_dim == 0):
-            raise ValueError(f"edge_attr must be given exactly when edge_dim > 0 (edge_dim={self.edge_dim})")
-        if (node_attr is None) != (self.node_attr_dim == 0):
-            raise ValueError(f"node_attr must be given exactly when node_attr_dim > 0 "
-                             f"(node_attr_dim={self.node_attr_dim})")
         return self.propagate(h, vec, pos, edge_index.long(), edge_attr, edge_weight, node_attr, edge_shift)
 
     def propagate(
