@@ -299,8 +299,14 @@ class AtomsModel(nn.Module):
                       ) -> tuple[Tensor, Tensor]:
         """The per-atom head's output ``[N, 1]`` (``[N, hidden_channels]`` for readout ``"mlp"``) and species
         indices."""
-        c = self.config
         idx = self.species_index(z)
+        return self.node_outputs_of_index(idx, pos, edge_index, edge_shift), idx
+
+    def node_outputs_of_index(self, idx: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None
+                              ) -> Tensor:
+        """The per-atom head's output from species indices (positions in ``species``, already checked): no check
+        and no data-dependent branch, so the call traces into one graph with symbolic atom and edge counts."""
+        c = self.config
         h0 = nn.functional.one_hot(idx, len(c.species)).to(pos.dtype)
         edge_index = edge_index.long()
         attr = self.edge_features(pos, edge_index, edge_shift)
@@ -317,7 +323,7 @@ class AtomsModel(nn.Module):
                 x, delta, _ = layer.propagate(x, pos, edge_index, attr, node_attr, None, edge_shift)
                 if delta is not None:  # update_coords: the moved positions (the shifts are lattice vectors)
                     pos = pos + delta
-        return self.head[1](self.act(self.head[0](x))), idx
+        return self.head[1](self.act(self.head[0](x)))
 
     def atom_energies(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:
         """Per-atom contributions :math:`\\sigma \\epsilon_i + \\mu + E^{ref}_{Z_i}`, shape ``[N]`` (readouts
@@ -325,7 +331,14 @@ class AtomsModel(nn.Module):
         c = self.config
         if c.readout not in ("sum", "mean"):
             raise ValueError(f"readout {c.readout!r} has no per-atom contributions")
-        out, idx = self._node_outputs(z, pos, edge_index, edge_shift)
+        return self.atom_energies_of_index(self.species_index(z), pos, edge_index, edge_shift)
+
+    def atom_energies_of_index(self, idx: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None
+                               ) -> Tensor:
+        """:meth:`atom_energies` from species indices (see :meth:`node_outputs_of_index`): what
+        :mod:`egnn.compiled` traces."""
+        c = self.config
+        out = self.node_outputs_of_index(idx, pos, edge_index, edge_shift)
         return c.scale * out.squeeze(-1) + c.shift + self.ref_energies.to(pos.dtype)[idx]
 
     def forward(

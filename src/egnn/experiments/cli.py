@@ -41,7 +41,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "qm9": ("egnn.experiments.qm9.cli", "QM9 molecular property prediction (paper Table 3)"),
 }
 # modules whose ``register(subparsers)`` adds top-level commands (``egnn fit``, ``egnn predict`` ...)
-COMMANDS: tuple[str, ...] = ("egnn.experiments.fit.cli", "egnn.experiments.data_cli")
+COMMANDS: tuple[str, ...] = ("egnn.experiments.fit.cli", "egnn.experiments.data_cli", "egnn.experiments.export_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
