@@ -217,3 +217,39 @@ def test_example_emt_runs_its_fixed_epochs_and_records_the_code(tmp_path, capsys
     assert summary["fit"]["cut_by_time_cap"] is False and summary["code"].startswith("egnn ")
     assert json.loads((out / "summary.json").read_text())["fit"] == summary["fit"]
     assert (out / "run" / "parity_test.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_fit_compile_trains_through_the_compiled_graph_like_eager(files, monkeypatch):
+    """``--compile``: every training step goes through the compiled energy + forces graph, and the run's losses
+    equal the eager run's to float32 rounding (the same steps, other kernels)."""
+    import csv
+
+    from egnn.compiled.training import CompiledEnergyForces
+
+    calls = []
+    original = CompiledEnergyForces.__call__
+
+    def counted(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(CompiledEnergyForces, "__call__", counted)
+    logs = {}
+    for flag in ("--compile", "--no-compile"):
+        out = files / f"run{flag}"
+        assert main(fit_args(files, out, flag, "--model", "vector", "--vectors", "1")) == 0
+        with open(out / "log.csv") as f:
+            logs[flag] = [float(r["train_loss"]) for r in csv.DictReader(f)]
+        if flag == "--compile":
+            assert len(calls) == 2 * 3  # 2 epochs of 3 batches (18 frames, batch 8)
+    assert len(calls) == 6  # --no-compile: none
+    assert np.allclose(logs["--compile"], logs["--no-compile"], rtol=1e-4)
+
+
+def test_fit_compile_default_follows_the_run_length():
+    from egnn.experiments.fit.train import COMPILE_MIN_STEPS, use_compiled
+
+    assert use_compiled(None, True, "sum", COMPILE_MIN_STEPS) and not use_compiled(None, True, "sum", 10)
+    assert not use_compiled(None, False, "sum", 10**6) and not use_compiled(None, True, "mlp", 10**6)
+    assert use_compiled(True, True, "sum", 1) and not use_compiled(False, True, "sum", 10**6)

@@ -145,6 +145,10 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=nonnegative_int, default=None, help="linear learning-rate warm-up steps")
     p.add_argument("--final-lr-ratio", type=float_in(0.0, 1.0, "a ratio in [0, 1]", lo_open=False, hi_open=False),
                    default=None, help="end of the cosine decay as a fraction of --lr (default 0.02)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on forces through the traced energy + forces graph compiled with torch.compile (the "
+                   "same values to rounding, about 2x faster per step after a compilation of 1-3 minutes); default: "
+                   "when the run has at least 2,000 optimiser steps")
     add_trainer_arguments(p, compile_flag=False)
 
 
@@ -171,11 +175,12 @@ def _run_fit(args: argparse.Namespace) -> int:
         loss=ft.LossOptions(energy_weight=args.energy_weight, forces_weight=args.forces_weight, kind=args.loss),
     )
     overrides = {**trainer_overrides(args), "eval_every": args.eval_every, "ema_decay": args.ema_decay,
-                 "warmup_steps": args.warmup_steps, "final_lr_ratio": args.final_lr_ratio}
+                 "warmup_steps": args.warmup_steps, "final_lr_ratio": args.final_lr_ratio,
+                 "compile": None}  # fit's --compile is its own (the compiled force graph), not the trainer's
     cfg = ft.FIT_PRESET.train_config(model=args.model, **overrides)
     if args.energy_weight == 0 and (args.forces is None or args.forces_weight == 0):
         raise CLIError("the loss has no term: give --energy-weight > 0, or --forces KEY with --forces-weight > 0")
-    result, summary = ft.fit(plan, cfg, args.out, resume=args.resume, dtype=_dtype(args.dtype))
+    result, summary = ft.fit(plan, cfg, args.out, resume=args.resume, dtype=_dtype(args.dtype), compiled=args.compile)
     ft.check_finite_summary(summary)
     print(json.dumps({k: summary[k] for k in ("fit", "valid", "test") if k in summary}, indent=1, allow_nan=False))
     print(f"model: {args.out}/best (egnn.load_model, egnn.ase.EGNNCalculator, egnn predict/eval)")

@@ -48,6 +48,10 @@ class FitError(ValueError):
 
 
 LOSSES = ("mse", "l1")
+# Training through the compiled energy + forces graph pays from about this many optimiser steps: compiling took
+# 80-165 s (machine load) and saved 74 ms of 133 per step (batch 16 of the GFN2-xTB molecules, vector model, one
+# thread; benchmarks/bench_compiled.py --sections training), so the break-even was 1,100-2,200 steps.
+COMPILE_MIN_STEPS = 2000
 
 
 # The optimisation recipe of `egnn fit` and `egnn example emt`, fixed in epochs (README, "Your own 3D data").
@@ -117,11 +121,20 @@ class EnergyForces(nn.Module):
     of an :class:`~egnn.atoms.graphs.AtomsBatch`, in one forward (with the graph for a second-order backward in
     training). Under ``torchrun`` it is what DDP wraps, so the force term's gradients are synchronised too."""
 
-    def __init__(self, model: AtomsModel) -> None:
+    def __init__(self, model: AtomsModel, compiled: bool = False) -> None:
         super().__init__()
         self.model = model
+        # training on forces through the traced, compiled graph (egnn.compiled.training); readout "sum" only
+        self.compiled = None
+        if compiled and model.config.readout == "sum":
+            from egnn.compiled.training import CompiledEnergyForces
+
+            self.compiled = CompiledEnergyForces(model)
 
     def forward(self, b: AtomsBatch, forces: bool) -> tuple[Tensor, Tensor | None]:
+        if self.compiled is not None and forces and self.model.training:
+            atom_e, f = self.compiled(self.model.species_index(b.z), b.pos, b.edge_index, b.edge_shift)
+            return scatter_sum(atom_e, b.batch, b.num_graphs), f
         return self.model.energy_and_forces(b.z, b.pos, b.edge_index, b.edge_shift, b.batch, b.num_graphs,
                                             forces=forces, create_graph=forces and self.model.training)
 
@@ -143,9 +156,11 @@ def batch_errors(model: nn.Module, b: AtomsBatch, use_forces: bool) -> tuple[Ten
     return e_err, f_err
 
 
-def make_task(splits: dict[str, Any], scale: float, loss_opts: LossOptions, use_forces: bool) -> Task:
+def make_task(splits: dict[str, Any], scale: float, loss_opts: LossOptions, use_forces: bool,
+              compiled: bool = False) -> Task:
     """Weighted MSE (or L1) loss in normalised units: a mean over frames plus a mean over force components, each
-    over the global batch (:class:`~egnn.experiments.training.LossTerms`); metric: the same summed per frame."""
+    over the global batch (:class:`~egnn.experiments.training.LossTerms`); metric: the same summed per frame.
+    ``compiled``: train through the traced, compiled energy + forces graph (:class:`EnergyForces`)."""
     we, wf = loss_opts.energy_weight, loss_opts.forces_weight
     penalty = Tensor.abs if loss_opts.kind == "l1" else Tensor.square
 
@@ -165,7 +180,7 @@ def make_task(splits: dict[str, Any], scale: float, loss_opts: LossOptions, use_
         return per_frame.sum(), b.num_graphs
 
     return Task(splits["train"], splits["valid"], splits.get("test"), loss, metric, "loss",
-                metric_needs_grad=use_forces, wrap=EnergyForces)
+                metric_needs_grad=use_forces, wrap=lambda m: EnergyForces(m, compiled))
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -243,12 +258,22 @@ def check_new_folder(out: Path) -> None:
         raise FitError(f"{out} exists and is not an empty folder; choose another --out (nothing is overwritten)")
 
 
+def use_compiled(choice: bool | None, use_forces: bool, readout: str, steps: int) -> bool:
+    """Whether to train through the compiled energy + forces graph: ``choice`` when given; by default when forces
+    are fitted with the extensive readout and the run is long enough to repay the compilation
+    (:data:`COMPILE_MIN_STEPS`)."""
+    if choice is not None:
+        return choice and use_forces and readout == "sum"
+    return use_forces and readout == "sum" and steps >= COMPILE_MIN_STEPS
+
+
 def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = False,
-        dtype: torch.dtype = torch.float32) -> tuple[FitResult, dict[str, Any]]:
+        dtype: torch.dtype = torch.float32, compiled: bool | None = None) -> tuple[FitResult, dict[str, Any]]:
     """Train in the run folder ``out`` (:func:`egnn.experiments.run.train_run`: a folder holding another run is
     refused, ``resume`` continues one started with the same data and settings); writes ``log.csv``,
     ``last.safetensors``, ``best.safetensors`` (what :func:`egnn.load_model` reads), ``summary.json``,
-    ``training_curve.png`` and parity plots.
+    ``training_curve.png`` and parity plots. ``compiled``: train on forces through the traced, compiled graph
+    (:mod:`egnn.compiled.training`; ``None``: when it pays, :func:`use_compiled`).
 
     Returns:
         The trainer's result and the summary (MAE/RMSE of the best model on the valid and test sets).
@@ -278,7 +303,9 @@ def fit(plan: FitPlan, train_cfg: TrainConfig, out: str | Path, resume: bool = F
     graphs = {name: (make_graphs(d, mc, dtype, progress, opts.workers) if d is not None else None)
               for name, d in splits.items()}
     use_forces = opts.forces is not None
-    task = make_task(graphs, model.config.scale, plan.loss, use_forces)
+    steps = train_cfg.epochs * math.ceil(len(graphs["train"]) / train_cfg.batch_size)
+    task = make_task(graphs, model.config.scale, plan.loss, use_forces,
+                     use_compiled(compiled, use_forces, model.config.readout, steps))
     # flat keys, so a refused --resume names exactly the setting that differs
     identity = {
         "experiment": "fit", **{f"model.{k}": v for k, v in model.config.to_dict().items()},
