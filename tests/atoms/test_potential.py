@@ -21,7 +21,7 @@ def water_box(n=6, seed=0):
     rng = np.random.default_rng(seed)
     side = 3.2 * n ** (1 / 3)
     parts = []
-    for k in range(n):
+    for _ in range(n):
         w = molecule("H2O")
         w.rotate(rng.uniform(0, 360), rng.normal(size=3))
         w.translate(rng.uniform(0, side, 3))

@@ -59,8 +59,8 @@ def check_structures(model: AtomsModel, seed: int = 0) -> list[dict[str, Any]]:
     elements in turn."""
     rng = np.random.default_rng(seed)
     s = model.config.species
-    out = [{"name": "isolated atom", "numbers": np.array([s[0]]), "positions": np.zeros((1, 3)), "cell": np.zeros((3, 3)),
-            "pbc": np.zeros(3, bool)}]
+    out = [{"name": "isolated atom", "numbers": np.array([s[0]]), "positions": np.zeros((1, 3)),
+            "cell": np.zeros((3, 3)), "pbc": np.zeros(3, bool)}]
     grid = np.array([[i, j, k] for i in range(3) for j in range(3) for k in range(3)], dtype=np.float64)
     cluster = grid[:5] * 1.3 + rng.normal(0, 0.1, (5, 3))
     out.append({"name": "5-atom cluster", "numbers": np.array([s[i % len(s)] for i in range(5)]),

@@ -48,7 +48,8 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
                 raise ExportError(f"{p} is not a compiled PyTorch model (no AOTInductor metadata)")
             raw = json.loads(archive.read(names[0]))
     except (zipfile.BadZipFile, OSError, EOFError, json.JSONDecodeError) as err:
-        raise ExportError(f"{p} is not a readable .pt2 archive (truncated or corrupt: {err}); export it again") from None
+        raise ExportError(f"{p} is not a readable .pt2 archive (truncated or corrupt: {err}); export it again"
+                          ) from None
     if META_KEY not in raw:
         raise ExportError(f"{p} is a compiled PyTorch model but not an egnn export (no {META_KEY!r} metadata)")
     try:
