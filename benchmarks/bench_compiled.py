@@ -24,8 +24,14 @@ Everything runs at ``--threads`` (default 2) intra-op threads, except inside Ope
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
+
+# as the egnn command does: idle OpenMP threads sleep (compiled kernels open a parallel region each; with spinning
+# threads on a busy machine a 108-atom call took 20x longer at two threads than at one)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
 import platform
 import subprocess
 import sys

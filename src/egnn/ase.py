@@ -33,6 +33,8 @@ class EGNNCalculator(Calculator):
         skin: extra neighbour-list distance in Angstrom; the list is reused until an atom has moved by more than
             ``skin / 2`` (results do not depend on it: see :class:`~egnn.atoms.potential.Potential`). 0 (default)
             rebuilds it at every call.
+        threads: intra-op threads during a call (``None``: one for small structures; see
+            :class:`~egnn.atoms.potential.Potential`).
 
     Elements the model was not trained on raise ``ValueError``; an empty structure too.
     """
@@ -40,9 +42,10 @@ class EGNNCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, model: str | Path | AtomsModel, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float64, skin: float = 0.0, **kwargs: Any) -> None:
+                 dtype: torch.dtype = torch.float64, skin: float = 0.0, threads: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.potential = Potential(model, device=device, dtype=dtype, skin=skin)
+        self.potential = Potential(model, device=device, dtype=dtype, skin=skin, threads=threads)
         self.model = self.potential.model
         self.device, self.dtype = self.potential.device, self.potential.dtype
 

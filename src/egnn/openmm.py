@@ -49,7 +49,7 @@ def topology_numbers(topology: Any, atoms: Sequence[int] | None = None) -> np.nd
 
 def create_force(model: str | Path | AtomsModel | Potential, topology: Any, atoms: Sequence[int] | None = None,
                  periodic: bool | None = None, skin: float = 0.0, dtype: torch.dtype = torch.float64,
-                 threads: int | None = 1) -> Any:
+                 threads: int | None = None) -> Any:
     """An ``openmm.PythonForce`` computing the model's energy and forces.
 
     Args:
@@ -61,15 +61,15 @@ def create_force(model: str | Path | AtomsModel | Potential, topology: Any, atom
             With a subset of particles (a solute in solvent) the images are those of the subset alone.
         skin: neighbour-list skin in Angstrom (:class:`~egnn.atoms.potential.Potential`).
         dtype: precision of an eager evaluation.
-        threads: PyTorch's intra-op threads while the model runs inside OpenMM's callback (restored after each
-            call; ``None`` leaves them as they are). OpenMM's own CPU threads stay busy-waiting meanwhile: on 2
-            cores, 2 torch threads made an ethanol step 17x slower than 1 (``benchmarks/bench_compiled.py``).
+        threads: PyTorch's intra-op threads during the model's call (:class:`~egnn.atoms.potential.Potential`;
+            ``None``: one for small structures). OpenMM's own CPU threads wait meanwhile: on 2 cores, an eager
+            ethanol model at 2 threads ran 2.7 steps/s against 400 at one thread.
 
     Units are converted: positions nm -> Angstrom, energies eV -> kJ/mol, forces eV/Angstrom -> kJ/mol/nm.
     """
     import openmm
 
-    potential = model if isinstance(model, Potential) else Potential(model, dtype=dtype, skin=skin)
+    potential = model if isinstance(model, Potential) else Potential(model, dtype=dtype, skin=skin, threads=threads)
     numbers = topology_numbers(topology, atoms)
     species = potential.species_index(numbers)  # unknown elements refused now, not at the first step
     if periodic is None:
@@ -79,20 +79,7 @@ def create_force(model: str | Path | AtomsModel | Potential, topology: Any, atom
     pbc = np.full(3, bool(periodic))
     force_unit = KJ_PER_MOL_PER_EV * ANGSTROM_PER_NM
 
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1 or None, got {threads}")
-
     def compute(state: Any) -> tuple[float, np.ndarray]:
-        before = torch.get_num_threads()
-        if threads is not None and threads != before:
-            torch.set_num_threads(threads)
-        try:
-            return _compute(state)
-        finally:
-            if threads is not None and threads != before:
-                torch.set_num_threads(before)
-
-    def _compute(state: Any) -> tuple[float, np.ndarray]:
         pos = np.asarray(state.getPositions(asNumpy=True)._value, dtype=np.float64) * ANGSTROM_PER_NM
         cell = (np.asarray(state.getPeriodicBoxVectors(asNumpy=True)._value, dtype=np.float64) * ANGSTROM_PER_NM
                 if periodic else None)

@@ -107,3 +107,27 @@ def test_refusals(exported):
         calc.get_stress(water_box())
     with pytest.raises(ValueError, match="skin must be"):
         Potential(str(report32.path), skin=-1.0)
+
+
+def test_threads_one_for_small_structures_and_restored(exported, monkeypatch):
+    report = exported["vector"][1]
+    seen = []
+    pot = Potential(str(report.path))
+    call = type(pot.backend).__call__
+
+    def spy(self, *args):
+        seen.append(torch.get_num_threads())
+        return call(self, *args)
+
+    monkeypatch.setattr(type(pot.backend), "__call__", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        atoms = molecule("CH3CH2OH")
+        pot.evaluate(atoms.numbers, atoms.positions)
+        Potential(str(report.path), threads=2).evaluate(atoms.numbers, atoms.positions)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        Potential(str(report.path), threads=0)

@@ -19,6 +19,9 @@ from torch import Tensor
 from egnn.atoms.model import AtomsModel, load_model
 from egnn.atoms.neighbors import NeighborError, neighbor_list
 
+# below this many edges a call runs at one thread by default (Potential's ``threads``)
+SMALL_EDGES = 10_000
+
 
 class StressUnavailable(ValueError):
     """Stress was asked of a structure or a model that cannot give it."""
@@ -99,15 +102,23 @@ class Potential:
         skin: extra distance in Angstrom kept in the neighbour list, which is then reused until an atom has moved
             by more than ``skin / 2`` (or the cell, periodicity or elements change). Pairs beyond the cut-off have
             an envelope weight of exactly zero, so results do not depend on it; 0 rebuilds the list at every call.
+        threads: PyTorch's intra-op threads during a call (restored after it). ``None``: one thread for structures
+            with fewer than :data:`SMALL_EDGES` edges, PyTorch's setting for larger ones. Compiled code runs every
+            kernel in an OpenMP parallel region: on a small molecule the regions cost more than they share (an
+            ethanol call took 1.2 ms at one thread, 3.4-4.2 ms at two, and with OpenMP's default spin-waiting on a
+            busy machine 60-100 ms; ``OMP_WAIT_POLICY=PASSIVE``, which the ``egnn`` command sets, avoids the latter).
 
     Attributes:
         neighbor_builds: how many times the neighbour list was built.
     """
 
     def __init__(self, model: str | Path | AtomsModel, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float64, skin: float = 0.0) -> None:
+                 dtype: torch.dtype = torch.float64, skin: float = 0.0, threads: int | None = None) -> None:
         if not (np.isfinite(skin) and skin >= 0):
             raise ValueError(f"skin must be a distance >= 0 in Angstrom, got {skin}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
+        self.threads = threads
         self.backend: _Eager | _Compiled
         if isinstance(model, AtomsModel):
             self.backend = _Eager(model.to(device=device, dtype=dtype).eval(), torch.device(device), dtype)
@@ -173,6 +184,14 @@ class Potential:
         shift = torch.as_tensor(shifts.astype(np.float64) @ cell, dtype=dt, device=dev)
         x = torch.as_tensor(pos, dtype=dt, device=dev)
         edges = torch.as_tensor(edge_index, device=dev).long()
-        energy, forces, vir = self.backend(species, x, edges, shift, virial)
+        before = torch.get_num_threads()
+        want = self.threads or (1 if edges.shape[1] < SMALL_EDGES else before)
+        if want != before:
+            torch.set_num_threads(want)
+        try:
+            energy, forces, vir = self.backend(species, x, edges, shift, virial)
+        finally:
+            if want != before:
+                torch.set_num_threads(before)
         return Evaluation(energy, forces.cpu().double().numpy(),
                           None if vir is None else vir.cpu().double().numpy())

@@ -3,7 +3,7 @@ against the eager model, and only then put it where it was asked to go.
 
 The graph of :func:`~egnn.compiled.trace.trace_energy_forces` is exported with two dynamic sizes, the number of
 atoms and the number of edges, so one file serves any structure and any neighbour count without recompiling, and
-compiled with AOTInductor (C++ on the CPU). The file's metadata (:data:`~egnn.compiled.loader.META_KEY`) carries
+compiled with AOTInductor (C++ on the CPU). The file's metadata (the key ``egnn_export``) carries
 what a calculator needs: species, cut-off, periodic images, dtype, units, the egnn and torch versions and the
 SHA-256 of the source checkpoint.
 """
@@ -83,7 +83,7 @@ def _graph(model_cutoff: float | None, images: bool, st: dict[str, Any], dtype: 
 
 def compare(model: AtomsModel, exported: ExportedModel, dtype_name: str, stress: bool) -> list[dict[str, Any]]:
     """Compiled vs eager (same dtype) on :func:`check_structures`; each entry says the largest differences and
-    whether they are within :data:`TOLERANCE`."""
+    whether they are within ``TOLERANCE``."""
     from egnn.compiled.trace import energy_forces_function
 
     dtype = DTYPES[dtype_name]
@@ -114,7 +114,8 @@ def compare(model: AtomsModel, exported: ExportedModel, dtype_name: str, stress:
 
 def export_model(source: str | Path | AtomsModel, out: str | Path, dtype: str = "float64", stress: bool = False,
                  progress: bool = False) -> ExportReport:
-    """Compile the energy + forces of a fitted model (run folder, checkpoint or :class:`AtomsModel`) into ``out``.
+    """Compile the energy + forces of a fitted model (run folder, checkpoint or
+    :class:`~egnn.atoms.model.AtomsModel`) into ``out``.
 
     ``out`` must not exist (nothing is overwritten). The file is compiled under a temporary name beside ``out``,
     loaded, checked against the eager model (:func:`compare`) and renamed to ``out`` only when it agrees.
@@ -165,7 +166,11 @@ def export_model(source: str | Path | AtomsModel, out: str | Path, dtype: str = 
     try:
         say("compiling with AOTInductor (a minute or so)", flush=True)
         torch._inductor.aoti_compile_and_package(
-            program, package_path=str(tmp), inductor_configs={"aot_inductor.metadata": {META_KEY: json.dumps(meta)}})
+            program, package_path=str(tmp),
+            # dynamic_threads: the kernels use torch.get_num_threads() at run time; by default the thread count of
+            # the exporting process is compiled in (2 here), and with it a 9-atom call ran 1.5x slower on a busy
+            # machine than with one thread
+            inductor_configs={"aot_inductor.metadata": {META_KEY: json.dumps(meta)}, "cpp.dynamic_threads": True})
         checks = compare(model, ExportedModel(tmp), dtype, stress)
         bad = [r for r in checks if not r["ok"]]
         if bad:
