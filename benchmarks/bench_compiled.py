@@ -7,7 +7,8 @@
 Cu-Au model is the default architecture for periodic data (``egnn fit --model auto`` on a periodic file: invariant,
 64 channels, 4 layers, cut-off 5 A) with fresh weights: call times do not depend on the weights. Sections:
 
-- ``export``: export time and file size (float64, float64 with stress, float32).
+- ``export``: export time and file size (float64, float64 with stress, float32; one-thread kernels, the default,
+  and for the large cell also kernels that follow ``--threads``).
 - ``calls``: time per ASE MD step (VelocityVerlet, 0.5 fs) for ethanol (9 atoms), decane (32 atoms) and a 108-atom
   Cu-Au cell: eager, compiled float64 / float32, GFN2-xTB (tblite, molecules), MACE 0.3.16 (32x0e+32x1o) through its
   ASE calculator (``--mace-venv``; its own process, same threads). Rounds interleave the methods, medians are kept.
@@ -18,8 +19,9 @@ Cu-Au model is the default architecture for periodic data (``egnn fit --model au
 - ``openmm``: OpenMM steps per second (Verlet 0.5 fs, CPU platform) for ethanol on EGNN (eager, compiled), and for
   ethanol in a periodic box of TIP3P water with only ethanol on EGNN.
 
-Everything runs at ``--threads`` (default 2) intra-op threads, except inside OpenMM's callback (1; see
-``egnn.openmm.create_force``). Results: ``OUT/compiled.json`` and ``OUT/compiled.txt`` (the tables).
+PyTorch gets ``--threads`` (default 2) intra-op threads; the calculator runs structures of fewer than 10,000 edges
+at one (``egnn.atoms.potential.Potential``), and "eager, 2 threads (before)" is the calculator as it was.
+Results: ``OUT/compiled.json`` and ``OUT/compiled.txt`` (the tables).
 """
 
 from __future__ import annotations
@@ -187,14 +189,15 @@ def export_all(model: Path, metal: Path, work: Path) -> dict:
     out = {}
     for name, src, dtype, stress in [("mol_f64", model, "float64", False), ("mol_f32", model, "float32", False),
                                      ("mol_f64_stress", model, "float64", True),
-                                     ("metal_f64", metal, "float64", False), ("metal_f32", metal, "float32", False)]:
+                                     ("metal_f64", metal, "float64", False), ("metal_f32", metal, "float32", False),
+                                     ("metal_f32_dyn", metal, "float32", False)]:
         path = work / f"{name}.pt2"
         if path.exists():
             path.unlink()  # ours: made by this script in its own work folder
         log(f"export {name}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = export_model(src, path, dtype=dtype, stress=stress)
+            r = export_model(src, path, dtype=dtype, stress=stress, threads=0 if name.endswith("_dyn") else 1)
         out[name] = {"seconds": round(r.seconds, 1), "MB": round(r.size_bytes / 1e6, 2),
                      "max_force_diff": max(c["max_force_diff"] for c in r.checks)}
     return out
@@ -210,7 +213,8 @@ def calls(model: Path, metal: Path, work: Path, args) -> dict:
     systems = [("ethanol (9 atoms)", molecule("CH3CH2OH"), model, "mol"), ("decane (32 atoms)", decane(), model, "mol"),
                ("Cu-Au cell (108 atoms)", cu_au(3), metal, "metal")]
     for label, atoms, src, kind in systems:
-        methods = {"eager float64": EGNNCalculator(src),
+        methods = {"eager float64, 2 threads (before)": EGNNCalculator(src, threads=2),
+                   "eager float64": EGNNCalculator(src),
                    "eager float32": EGNNCalculator(src, dtype=torch.float32),
                    "compiled float64": EGNNCalculator(str(work / f"{kind}_f64.pt2")),
                    "compiled float32": EGNNCalculator(str(work / f"{kind}_f32.pt2"))}
@@ -255,6 +259,7 @@ def large(metal: Path, work: Path, args) -> dict:
     n = len(atoms)
     out: dict = {"atoms": n}
     for name, calc in [("compiled float32", EGNNCalculator(str(work / "metal_f32.pt2"))),
+                       ("compiled float32, kernels at --threads", EGNNCalculator(str(work / "metal_f32_dyn.pt2"))),
                        ("eager float32", EGNNCalculator(metal, dtype=torch.float32)),
                        ("compiled float64", EGNNCalculator(str(work / "metal_f64.pt2"))),
                        ("eager float64", EGNNCalculator(metal))]:

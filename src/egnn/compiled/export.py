@@ -112,8 +112,16 @@ def compare(model: AtomsModel, exported: ExportedModel, dtype_name: str, stress:
     return rows
 
 
+def thread_configs(threads: int) -> dict[str, Any]:
+    """Inductor's thread settings: ``threads >= 1`` compiles that many OpenMP threads into every kernel (1: no
+    parallel regions at all); 0 lets the kernels follow ``torch.get_num_threads()`` at run time."""
+    if threads < 0:
+        raise ExportError(f"threads must be >= 0 (0: PyTorch's setting at run time), got {threads}")
+    return {"cpp.dynamic_threads": True} if threads == 0 else {"cpp.threads": threads}
+
+
 def export_model(source: str | Path | AtomsModel, out: str | Path, dtype: str = "float64", stress: bool = False,
-                 progress: bool = False) -> ExportReport:
+                 progress: bool = False, threads: int = 1) -> ExportReport:
     """Compile the energy + forces of a fitted model (run folder, checkpoint or
     :class:`~egnn.atoms.model.AtomsModel`) into ``out``.
 
@@ -156,6 +164,7 @@ def export_model(source: str | Path | AtomsModel, out: str | Path, dtype: str = 
                                   dynamic_shapes=({0: atoms}, {0: atoms}, {1: edges}, {0: edges}))
     c = model.config
     meta = {"format": FORMAT, "egnn": egnn.__version__, "torch": torch.__version__, "dtype": dtype, "stress": stress,
+            "threads": threads,
             "species": list(c.species), "cutoff": c.cutoff, "images": c.images, "readout": c.readout,
             "target": c.target, "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
             "source": what, "source_sha256": sha, "model": c.to_dict(), "tolerance": TOLERANCE[dtype],
@@ -167,10 +176,8 @@ def export_model(source: str | Path | AtomsModel, out: str | Path, dtype: str = 
         say("compiling with AOTInductor (a minute or so)", flush=True)
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(tmp),
-            # dynamic_threads: the kernels use torch.get_num_threads() at run time; by default the thread count of
-            # the exporting process is compiled in (2 here), and with it a 9-atom call ran 1.5x slower on a busy
-            # machine than with one thread
-            inductor_configs={"aot_inductor.metadata": {META_KEY: json.dumps(meta)}, "cpp.dynamic_threads": True})
+            # left alone, Inductor compiles the exporting process's thread count (2 here) into every kernel
+            inductor_configs={"aot_inductor.metadata": {META_KEY: json.dumps(meta)}, **thread_configs(threads)})
         checks = compare(model, ExportedModel(tmp), dtype, stress)
         bad = [r for r in checks if not r["ok"]]
         if bad:
