@@ -29,12 +29,14 @@ from egnn.experiments.commands import (
     out_folder,
     positive_float,
     positive_int,
+    procs_arg,
     seed_int,
     trainer_overrides,
 )
 
 if TYPE_CHECKING:
     from egnn.atoms.model import AtomsModel
+    from egnn.experiments.training.launch import WorkerPlan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -145,7 +147,48 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=nonnegative_int, default=None, help="linear learning-rate warm-up steps")
     p.add_argument("--final-lr-ratio", type=float_in(0.0, 1.0, "a ratio in [0, 1]", lo_open=False, hi_open=False),
                    default=None, help="end of the cosine decay as a fraction of --lr (default 0.02)")
+    p.add_argument("--procs", type=procs_arg, default=None, metavar="auto|N",
+                   help="data-parallel processes on this machine (the same steps as one process; --threads is "
+                   "shared among them). auto (default): with --threads N >= 2 on the CPU, N processes of one "
+                   f"thread when a training batch is small (below {PROCS_BELOW_EDGES} edges: molecules), else one "
+                   "process of N threads")
     add_trainer_arguments(p, compile_flag=False)
+
+
+# `egnn fit --threads 2 --procs auto`: below this many edges per training batch, 2 processes of 1 thread train
+# faster than 1 process of 2 threads (intra-op threads do not pay on small graphs). Measured by
+# benchmarks/bench_fit_procs.py (docs/benchmarks.md, "Processes or threads"): see the numbers there.
+PROCS_BELOW_EDGES = 8000
+
+
+def _worker_plan(args: argparse.Namespace) -> WorkerPlan | None:
+    """``egnn fit --procs``: the worker processes to start (``None``: train in this process)."""
+    from egnn.experiments.fit.sources import graph_size
+    from egnn.experiments.fit.train import FIT_PRESET
+    from egnn.experiments.training.distributed import dist_info
+    from egnn.experiments.training.launch import WorkerPlan
+
+    threads, procs = args.threads, args.procs
+    if dist_info()[1] > 1:  # torchrun started this process: it is a worker already
+        if procs not in (None, 1):
+            raise CLIError(f"--procs {procs}: this process is already one of torchrun's {dist_info()[1]} workers; "
+                           "leave --procs out (or run without torchrun)")
+        return None
+    if procs is not None:
+        if threads is not None and procs > threads:
+            raise CLIError(f"--procs {procs} needs at least one thread per process: give --threads >= {procs} "
+                           f"(got --threads {threads}) or fewer --procs")
+        if procs > 1 and _device(args.device) != "cpu":
+            raise CLIError(f"--procs {procs} runs workers on the CPU; on a GPU use torchrun (one process per GPU) "
+                           "or --device cpu")
+        return WorkerPlan(procs, max(1, (threads or procs) // procs)) if procs > 1 else None
+    if threads is None or threads < 2 or _device(args.device) != "cpu":
+        return None
+    size = graph_size(args.data, args.cutoff, images=not args.no_images)
+    batch = args.batch_size or FIT_PRESET.train["batch_size"]
+    if size is None or size[1] * batch >= PROCS_BELOW_EDGES:
+        return None
+    return WorkerPlan(threads, 1)
 
 
 def _device(name: str) -> str:
@@ -156,9 +199,16 @@ def _device(name: str) -> str:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-
     from egnn.experiments.fit import train as ft
 
+    if args.energy_weight == 0 and (args.forces is None or args.forces_weight == 0):
+        raise CLIError("the loss has no term: give --energy-weight > 0, or --forces KEY with --forces-weight > 0")
+    workers = _worker_plan(args)
+    if workers is not None:
+        from egnn.experiments.training.launch import run_workers
+
+        # the same command in every worker; later flags win, so these two set each worker's share
+        return run_workers([*args.argv, "--threads", str(workers.threads), "--procs", "1"], workers)
     args.model = _model_kind(args.model, args.data)
     plan = ft.FitPlan(
         data=ft.DataOptions(train=args.data, target=args.target, forces=args.forces, valid=args.valid,
@@ -173,8 +223,6 @@ def _run_fit(args: argparse.Namespace) -> int:
     overrides = {**trainer_overrides(args), "eval_every": args.eval_every, "ema_decay": args.ema_decay,
                  "warmup_steps": args.warmup_steps, "final_lr_ratio": args.final_lr_ratio}
     cfg = ft.FIT_PRESET.train_config(model=args.model, **overrides)
-    if args.energy_weight == 0 and (args.forces is None or args.forces_weight == 0):
-        raise CLIError("the loss has no term: give --energy-weight > 0, or --forces KEY with --forces-weight > 0")
     result, summary = ft.fit(plan, cfg, args.out, resume=args.resume, dtype=_dtype(args.dtype))
     ft.check_finite_summary(summary)
     print(json.dumps({k: summary[k] for k in ("fit", "valid", "test") if k in summary}, indent=1, allow_nan=False))
