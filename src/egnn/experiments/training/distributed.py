@@ -77,6 +77,20 @@ def _collective(fn: Callable[[], T]) -> T:
         raise RankError(f"rank {dist_info()[0]}: another rank stopped or did not answer in time ({first})") from None
 
 
+# what gloo and nccl say when a peer process is gone (in errors that reach us as plain RuntimeErrors, e.g. from
+# DDP's gradient all-reduce inside ``loss.backward()``)
+_PEER_LOST = ("connection reset by peer", "connection closed by peer", "broken pipe", "gloo", "nccl",
+              "socket timeout", "timed out")
+
+
+def peer_lost(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another rank stopped or cannot be reached."""
+    if isinstance(err, torch.distributed.DistError):
+        return True
+    text = str(err).lower()
+    return any(s in text for s in _PEER_LOST)
+
+
 def reduce_device(device: torch.device) -> torch.device:
     """Where this rank's tensors must be for a collective: nccl reduces CUDA tensors, gloo CPU tensors."""
     return device if device.type == "cuda" else torch.device("cpu")

@@ -56,6 +56,8 @@ def follow_launcher() -> None:
     pid = os.environ.get(LAUNCHER_ENV)
     if pid is None:
         return
+    # the launcher forwards Ctrl-C as SIGINT: take it even where the launcher was started with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if sys.platform.startswith("linux"):
         import ctypes
 

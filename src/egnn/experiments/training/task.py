@@ -62,7 +62,7 @@ class Task:
     metric over the batch's samples, number of samples)``; lower is better; the trainer reports its mean over a
     split (e.g. MSE, MAE in physical units). ``wrap(model)`` (optional) is the module the loss and metric are
     called with (e.g. one whose forward returns energies and forces), so that the gradients of everything the
-    loss uses flow through the data-parallel wrapper.
+    loss uses flow through the data-parallel wrapper. ``unused_parameters``: see the field's comment.
     """
 
     train: DataSplit
@@ -74,6 +74,9 @@ class Task:
     # the metric differentiates the model (e.g. forces as -dE/dx): evaluate with autograd on
     metric_needs_grad: bool = False
     wrap: Callable[[nn.Module], nn.Module] | None = None
+    # whether the loss leaves some parameters without gradients (DDP then searches for them every step);
+    # None: found out on the first batch, once (a model whose unused parameters vary by batch must say True)
+    unused_parameters: bool | None = None
 
 
 @dataclass
