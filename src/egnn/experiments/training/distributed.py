@@ -16,10 +16,12 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from egnn.experiments.training.task import LossTerms
+from egnn.ops.batch import budget_starts
 
 T = TypeVar("T")
 
@@ -197,8 +199,15 @@ def shard_batches(order: Tensor, batch_size: int, rank: int, world: int) -> list
     return [rank_share(b, rank, world) for b in global_batches(order, batch_size)]
 
 
-def eval_batches(num_samples: int, batch_size: int, rank: int, world: int) -> Iterator[Tensor]:
-    """Contiguous evaluation batches of a split, dealt round-robin to the ranks (together: the whole split)."""
-    starts: Sequence[int] = range(0, num_samples, batch_size)
-    for start in starts[rank::world]:
-        yield torch.arange(start, min(num_samples, start + batch_size))
+def eval_batches(num_samples: int, batch_size: int, rank: int, world: int,
+                 sizes: Sequence[int] | np.ndarray | None = None, budget: int | None = None) -> Iterator[Tensor]:
+    """Contiguous evaluation batches of a split, dealt round-robin to the ranks (together: the whole split): of
+    ``batch_size`` samples, or (with per-sample ``sizes`` and a ``budget``) of at most ``budget`` in size, so that
+    memory does not grow with the size of the samples."""
+    if sizes is None or budget is None:
+        starts: Sequence[int] = range(0, num_samples, batch_size)
+    else:
+        starts = budget_starts(sizes, batch_size, budget)
+    ends = [*starts[1:], num_samples]
+    for start, end in list(zip(starts, ends))[rank::world]:
+        yield torch.arange(start, end)

@@ -113,7 +113,8 @@ class Trainer:
 
     def evaluate(self, split: DataSplit, model: nn.Module | None = None, desc: str = "eval") -> float:
         return evaluate_split(self.task, split, model or self.eval_model(), self.device, self.cfg.eval_batch_size,
-                              progress=self.cfg.progress and self.rank == 0, desc=desc)
+                              progress=self.cfg.progress and self.rank == 0, desc=desc,
+                              budget=self.cfg.eval_batch_budget)
 
     def save(self, name: str) -> None:
         self.state.save(name)

@@ -5,6 +5,8 @@ The data seam: a split is any object with ``__len__`` and either ``get(indices, 
 (in-memory data) or ``loader(index_batches, device)`` returning an iterable of batches, one per index batch in
 order (e.g. a ``torch.utils.data.DataLoader`` whose workers read and prepare the next batches while the current
 one trains). The trainer decides which samples form each batch (:mod:`.distributed`); the split only reads them.
+A split may also give ``sizes()``, the memory weight of each sample (e.g. atoms + edges of a graph), by which
+evaluation batches are cut (``TrainConfig.eval_batch_budget``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class TrainConfig:
     grad_clip: float | None = None
     eval_every: int = 5
     eval_batch_size: int = 500
+    # evaluation batches also hold at most this much of the splits' per-sample size (``split.sizes()``: atoms +
+    # edges of a frame), so that their memory depends on neither the number nor the size of the samples
+    eval_batch_budget: int | None = None
     checkpoint_every: int = 5
     seed: int = 0
     # a cap, never a recipe: stop (after an evaluation and a checkpoint) once past this, and say so
@@ -127,7 +132,8 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 
 # settings that may differ between a run and its resumption without changing its course
-RESUME_FREE = {"epochs", "max_minutes", "progress", "device", "compile", "target_metric", "checkpoint_every"}
+RESUME_FREE = {"epochs", "max_minutes", "progress", "device", "compile", "target_metric", "checkpoint_every",
+               "eval_batch_budget"}
 
 
 @dataclass
