@@ -4,7 +4,7 @@ processes of 1 thread (``--procs 2``), on data sets from small molecules to 32-a
     python benchmarks/bench_fit_procs.py [--work /tmp/egnn_bench_procs] [--epochs 4] [--repeats 1]
 
 Data (made once under ``--work``): GFN2-xTB MD frames of six small molecules (8-14 atoms;
-``benchmarks/xtb_md_data.py``, needs tblite) and EMT Cu/Au cells of 4, 8, 16 and 32 atoms
+``benchmarks/xtb_md_data.py``, needs tblite) and EMT Cu/Au cells of 4, 8, 16, 32 (and 64) atoms
 (:func:`egnn.experiments.fit.emt.generate`); ``--frames`` training frames each, 16 validation frames. Every run is
 ``egnn fit`` with the default model and recipe (``--model auto``: vector for molecules, invariant for metals;
 batch 16; cut-off 5 Å) and ``--eval-every`` past the last epoch, so only the last epoch evaluates.
@@ -95,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4, help="epochs per run (>= 2; default 4)")
     p.add_argument("--repeats", type=int, default=1, help="alternations of the two layouts (medians; default 1)")
     p.add_argument("--sets", default="molecules,4,8,16,32",
-                   help="'molecules' and/or EMT cell sizes in atoms among 4, 8, 16, 32 (default: all)")
+                   help="'molecules' and/or EMT cell sizes in atoms among 4, 8, 16, 32, 64 (default: "
+                   "molecules,4,8,16,32)")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     print(f"code {code_version()}; {os.cpu_count()} CPU(s); load average (1, 5 min) {load[0]:.2f}, {load[1]:.2f}")
-    repeats = {"4": (1, 1, 1), "8": (1, 1, 2), "16": (1, 2, 2), "32": (2, 2, 2)}
+    repeats = {"4": (1, 1, 1), "8": (1, 1, 2), "16": (1, 2, 2), "32": (2, 2, 2), "64": (2, 2, 4)}
     sets: list[tuple[str, Path, tuple[str, str]]] = []
     for name in args.sets.split(","):
         if name == MOLECULES:
