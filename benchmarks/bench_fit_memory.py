@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/egnn_bench_memory", help="folder of the stores (reused) and the runs")
     p.add_argument("--before", default=None, metavar="SRC", help="the src folder of the version to compare with")
     p.add_argument("--train-frames", type=int, default=500)
+    p.add_argument("--procs", default="1", help="--procs of this version's fits (default 1: one process, as before "
+                   "--procs existed; 'auto': two one-thread processes here)")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -74,14 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:
         versions = {"before": str(Path(args.before).resolve()), **versions}
     print(f"code {code_version()}; {os.cpu_count()} CPU(s); load average {os.getloadavg()[0]:.2f}")
-    print(f"# egnn fit --data {train.name} --valid VALID --forces forces --epochs 1 --threads 2 (defaults otherwise)")
+    print(f"# egnn fit --data {train.name} --valid VALID --forces forces --epochs 1 --threads 2 (defaults otherwise; "
+          f"this version: --procs {args.procs})")
     print(f"{'version':<8} {'valid frames':>12} {'peak RSS (GB)':>14} {'wall (s)':>9}")
     runs = work / f"runs_{os.getpid()}"
     for name, src in versions.items():
         for n, path in valid.items():
             cmd = [sys.executable, "-m", "egnn.experiments.cli", "fit", "--data", str(train), "--valid", str(path),
                    "--forces", "forces", "--epochs", "1", "--threads", "2", "--no-progress",
-                   "--out", str(runs / f"{name}_{n}")]
+                   "--out", str(runs / f"{name}_{n}"), *(["--procs", args.procs] if name == "this" else [])]
             gb, wall = peak_rss(cmd, src)
             print(f"{name:<8} {n:>12} {gb:>14.3f} {wall:>9.1f}", flush=True)
     return 0

@@ -155,10 +155,13 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
     add_trainer_arguments(p, compile_flag=False)
 
 
-# `egnn fit --threads 2 --procs auto`: below this many edges per training batch, 2 processes of 1 thread train
-# faster than 1 process of 2 threads (intra-op threads do not pay on small graphs). Measured by
-# benchmarks/bench_fit_procs.py (docs/benchmarks.md, "Processes or threads"): see the numbers there.
-PROCS_BELOW_EDGES = 8000
+# `egnn fit --threads N --procs auto`: below this many edges per training batch, N processes of 1 thread. On the
+# shared 2-core machine (load average 3.5-4.9) 2 processes of 1 thread took 1.10-2.0x the epochs per minute of 1
+# process of 2 threads on molecules (8-9 atoms, ~1,000 edges per batch of 16), 1.04-1.37x on 4-16-atom Cu/Au cells
+# (2,600-10,600 edges), 1.21-1.66x on 32-atom cells (20,500) and 1.38x on 64-atom cells (40,500)
+# (benchmarks/bench_fit_procs.py; docs/benchmarks.md, "Processes or threads"). Larger batches were not measured:
+# they keep one process, whose intra-op threads have more work to share.
+PROCS_BELOW_EDGES = 2**16
 
 
 def _worker_plan(args: argparse.Namespace) -> WorkerPlan | None:
