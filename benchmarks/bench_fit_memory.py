@@ -65,28 +65,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/egnn_bench_memory", help="folder of the stores (reused) and the runs")
     p.add_argument("--before", default=None, metavar="SRC", help="the src folder of the version to compare with")
     p.add_argument("--train-frames", type=int, default=500)
-    p.add_argument("--procs", default="1", help="--procs of this version's fits (default 1: one process, as before "
-                   "--procs existed; 'auto': two one-thread processes here)")
+    p.add_argument("--procs", default="1,auto", help="comma-separated --procs of this version's fits (default 1,auto: "
+                   "one process, as before --procs existed, and the default, two one-thread processes on this data)")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train = store(work, args.train_frames, 0)
     valid = {n: store(work, n, 1) for n in VALID_SIZES}
-    versions = {"this": str(Path(egnn.__file__).resolve().parents[1])}
+    here = str(Path(egnn.__file__).resolve().parents[1])
+    versions: dict[str, tuple[str, list[str]]] = {
+        f"this --procs {p}": (here, ["--procs", p]) for p in args.procs.split(",")}
     if args.before:
-        versions = {"before": str(Path(args.before).resolve()), **versions}
+        versions = {"before": (str(Path(args.before).resolve()), []), **versions}
     print(f"code {code_version()}; {os.cpu_count()} CPU(s); load average {os.getloadavg()[0]:.2f}")
-    print(f"# egnn fit --data {train.name} --valid VALID --forces forces --epochs 1 --threads 2 (defaults otherwise; "
-          f"this version: --procs {args.procs})")
-    print(f"{'version':<8} {'valid frames':>12} {'peak RSS (GB)':>14} {'wall (s)':>9}")
+    print(f"# egnn fit --data {train.name} --valid VALID --forces forces --epochs 1 --threads 2 (defaults otherwise); "
+          "peak RSS: the largest process")
+    print(f"{'version':<20} {'valid frames':>12} {'peak RSS (GB)':>14} {'wall (s)':>9}")
     runs = work / f"runs_{os.getpid()}"
-    for name, src in versions.items():
+    for name, (src, extra) in versions.items():
         for n, path in valid.items():
             cmd = [sys.executable, "-m", "egnn.experiments.cli", "fit", "--data", str(train), "--valid", str(path),
                    "--forces", "forces", "--epochs", "1", "--threads", "2", "--no-progress",
-                   "--out", str(runs / f"{name}_{n}"), *(["--procs", args.procs] if name == "this" else [])]
+                   "--out", str(runs / f"{name.replace(' ', '_')}_{n}"), *extra]
             gb, wall = peak_rss(cmd, src)
-            print(f"{name:<8} {n:>12} {gb:>14.3f} {wall:>9.1f}", flush=True)
+            print(f"{name:<20} {n:>12} {gb:>14.3f} {wall:>9.1f}", flush=True)
     return 0
 
 
