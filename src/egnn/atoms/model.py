@@ -57,7 +57,7 @@ ELEMENTS = (
 MODEL_KIND = "egnn-atoms"
 # atoms + edges in one batch of :meth:`AtomsModel.predict` and of `egnn fit`'s evaluations (memory grows with them,
 # not with the frames; benchmarks/bench_fit_memory.py)
-PREDICT_BUDGET = 2**15
+PREDICT_BUDGET = 2**14
 READOUTS = ("sum", "mean", "mlp", "dipole", "spatial")
 # per-atom head outputs of each readout ("mlp": hidden_channels features for the graph head)
 _HEAD_OUT = {"sum": 1, "mean": 1, "dipole": 1, "spatial": 2}
