@@ -240,7 +240,8 @@ def _add_model_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
     """The model, the data file, the batch size and the device of ``egnn eval``."""
     p.add_argument("checkpoint", type=checkpoint_arg, help="run folder (its best model) or checkpoint path")
     p.add_argument("--data", required=True, metavar="FILE", help=data_help)
-    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="structures per batch at most (default 64; a batch also holds at most 2^14 atoms + edges)")
     add_device(p)
 
 
@@ -262,7 +263,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
                    help="pretrained model name, else a run folder (its best model) or checkpoint path (a name wins; "
                    "write ./NAME for a folder of the same name)")
     p.add_argument("--data", default=None, metavar="FILE", help="the structures to predict (instead of FILE)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="structures per batch at most (default 64; a batch also holds at most 2^14 atoms + edges)")
     add_device(p)
     p.add_argument("--out", required=True, metavar="OUT",
                    help="output file (extxyz for .extxyz/.xyz); never overwritten")
