@@ -75,8 +75,11 @@ def _package_root() -> str:
 
 
 def worker_env(rank: int, plan: WorkerPlan, port: int) -> dict[str, str]:
-    """The environment torchrun gives a worker (one node), plus this package first on the path."""
-    path = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH", "")) if p)
+    """The environment torchrun gives a worker (one node), plus this package's folder first on the path when it is
+    a source tree (an installed package is found anyway; site-packages first would shadow the standard library)."""
+    root = _package_root()
+    source_tree = Path(root).name not in ("site-packages", "dist-packages")
+    path = os.pathsep.join(p for p in (root if source_tree else "", os.environ.get("PYTHONPATH", "")) if p)
     return {
         **os.environ, "PYTHONPATH": path, LAUNCHER_ENV: str(os.getpid()),
         "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "ROLE_RANK": str(rank),
