@@ -299,3 +299,26 @@ def test_vector_options_are_checked():
         AtomsModelConfig(species=[1], vector_channels=2, update_coords=True)
     with pytest.raises(ValueError, match="vector_scale must be positive"):
         AtomsModelConfig(species=[1], vector_channels=2, vector_scale=0.0)
+
+
+@variant
+def test_predict_batches_by_a_budget_of_atoms_and_edges(variant, monkeypatch):
+    """Batches hold at most ``budget`` atoms + edges (a larger frame alone): the predictions are those of
+    batches by frames."""
+    model = tiny_model(variant=variant)
+    data = periodic_data(7, seed=5)
+    graphs = AtomsGraphs(data, model.cutoff, dtype=torch.float64)
+    sizes = graphs.sizes()
+    assert sizes.tolist() == [int(data.n_atoms[f] + graphs.edge_offsets[f + 1] - graphs.edge_offsets[f])
+                              for f in range(7)]
+    budget = int(np.sort(sizes)[-2])  # some pairs of frames fit, the largest frame does not fit at all
+    seen = []
+    get = AtomsGraphs.get
+    monkeypatch.setattr(AtomsGraphs, "get", lambda self, idx, device="cpu": seen.append(idx.tolist())
+                        or get(self, idx, device))
+    by_budget = model.predict(graphs, forces=True, budget=budget)
+    assert [i for b in seen for i in b] == list(range(7)) and len(seen) > 1
+    assert all(len(b) == 1 or sizes[b].sum() <= budget for b in seen)
+    by_frames = model.predict(graphs, forces=True, batch_size=7, budget=None)
+    np.testing.assert_allclose(by_budget["energy"], by_frames["energy"], atol=1e-12)
+    np.testing.assert_allclose(by_budget["forces"], by_frames["forces"], atol=1e-12)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,11 +113,18 @@ def test_fit_with_forces_is_the_same_on_1_2_and_3_processes_and_resumes_with_ano
     assert weights_moved(tmp_path / "n1", tmp_path / "straight")
 
 
-def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes_as_if_never_killed(emt, tmp_path):
+@pytest.fixture(scope="module")
+def whole(emt, tmp_path_factory):
+    """The uninterrupted 6-epoch run the killed runs resume to."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    assert main(fit_args(str(emt / "train.extxyz"), out, "--epochs", "6")) == 0
+    return out
+
+
+def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes_as_if_never_killed(emt, tmp_path, whole):
     """Rank 1 SIGKILLs itself at its 22nd training step (epoch 6 of 6; 4 steps an epoch, a checkpoint after
     epoch 5): the job ends without hanging, and ``--resume`` (one process) ends as the uninterrupted run."""
     train = str(emt / "train.extxyz")
-    assert main(fit_args(train, tmp_path / "whole", "--epochs", "6")) == 0
     killer = [str(REPO / "tests" / "experiments" / "die_on_rank.py"), "--rank", "1", "--step", "22", "--"]
     res = torchrun(2, fit_args(train, tmp_path / "killed", "--epochs", "6"), emt, script=killer)
     assert res.returncode != 0
@@ -124,7 +133,99 @@ def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes_as_if_neve
     assert load_checkpoint(tmp_path / "killed" / "last")[1]["epoch"] == 5
     assert len(log_rows(tmp_path / "killed")) >= 5
     assert main(fit_args(train, tmp_path / "killed", "--epochs", "6", "--resume")) == 0
-    assert_same_course(tmp_path / "whole", tmp_path / "killed")
+    assert_same_course(whole, tmp_path / "killed")
+
+
+def egnn(argv: list[str], cwd: Path, script: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m egnn.experiments.cli ARGV`` (or ``script``) in a fresh process, a bounded wait."""
+    env = {**os.environ, "EGNN_DIST_TIMEOUT": "120",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, *(script or ["-m", "egnn.experiments.cli"]), *argv]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_procs_2_is_torchrun_with_2_processes_and_prints_once(emt, tmp_path):
+    """``egnn fit --threads 2 --procs 2`` starts the workers torchrun would: the same log and weights, bit for
+    bit; the summary is printed once and nothing lands on stderr (no warning from DDP either)."""
+    train = str(emt / "train.extxyz")
+    res = torchrun(2, fit_args(train, tmp_path / "torchrun"), emt)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "find_unused_parameters" not in res.stderr, res.stderr[-3000:]
+    res = egnn([*fit_args(train, tmp_path / "procs"), "--threads", "2", "--procs", "2"], emt)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count('"best_epoch"') == 1 and res.stdout.count("model: ") == 1, res.stdout
+    assert res.stderr == "", res.stderr[-3000:]
+    drop = ("train_seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in log_rows(tmp_path / "torchrun")] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in log_rows(tmp_path / "procs")]
+    for name in ("last", "best"):
+        wa, wb = load_checkpoint(tmp_path / "torchrun" / name)[0], load_checkpoint(tmp_path / "procs" / name)[0]
+        for k in wa["model"]:
+            assert torch.equal(wa["model"][k], wb["model"][k]), (name, k)
+
+
+@pytest.mark.parametrize("in_backward", [False, True], ids=["before-forward", "in-backward"])
+def test_a_killed_worker_of_procs_ends_the_job_with_one_line_and_resumes(emt, tmp_path, whole, in_backward):
+    """``--procs 2`` whose rank-1 worker is SIGKILLed at its 22nd step (before its forward, or once the step's loss
+    was reduced, so that rank 0 meets the loss in DDP's all-reduce inside ``loss.backward()``): one line from the
+    launcher, exit code 1, no traceback; ``--resume`` ends as the uninterrupted run."""
+    train = str(emt / "train.extxyz")
+    killer = [str(REPO / "tests" / "experiments" / "launch_dying.py"), "--rank", "1", "--step", "22",
+              *(["--in-backward"] if in_backward else []), "--"]
+    res = egnn([*fit_args(train, tmp_path / "killed", "--epochs", "6"), "--threads", "2", "--procs", "2"], emt,
+               script=killer)
+    assert res.returncode == 1, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("egnn: error: worker process of rank 1 was killed by SIGKILL"), \
+        res.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "killed" / "last")[1]["epoch"] == 5
+    assert main(fit_args(train, tmp_path / "killed", "--epochs", "6", "--resume")) == 0
+    assert_same_course(whole, tmp_path / "killed")
+
+
+def test_ctrl_c_stops_every_worker_of_procs_with_one_line(emt, tmp_path):
+    """SIGINT to ``egnn fit --procs 2`` once its first epoch is logged: the launcher and both workers stop, one
+    ``egnn: interrupted`` line, exit code 130; the run resumes."""
+    train = str(emt / "train.extxyz")
+    out = tmp_path / "run"
+    env = {**os.environ, "EGNN_DIST_TIMEOUT": "120",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "egnn.experiments.cli", *fit_args(train, out, "--epochs", "500"), "--threads", "2",
+           "--procs", "2"]
+    # SIG_DFL: a launcher started from a shell's background job would otherwise inherit SIGINT ignored
+    proc = subprocess.Popen(cmd, cwd=emt, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300  # a bound, not a wait for time to pass: the loop waits for a logged epoch
+        while not ((out / "log.csv").exists() and log_rows(out)) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no epoch logged in 300 s"
+            time.sleep(0.05)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == ["egnn: interrupted (the last complete checkpoint is kept; continue with "
+                                        "--resume)"], err[-3000:]
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert main(fit_args(train, out, "--epochs", str(int(log_rows(out)[-1]["epoch"]) + 1), "--resume")) == 0
+
+
+def test_torchrun_rank_lost_in_backward_is_one_line(emt, tmp_path):
+    """Under torchrun, rank 1 SIGKILLed once its step's loss was reduced: rank 0 meets the loss in DDP's gradient
+    all-reduce inside ``loss.backward()`` and says so in one line (exit code 1), not with gloo's traceback."""
+    train = str(emt / "train.extxyz")
+    killer = [str(REPO / "tests" / "experiments" / "die_on_rank.py"), "--rank", "1", "--step", "6", "--in-backward",
+              "--"]
+    res = torchrun(2, fit_args(train, tmp_path / "killed"), emt, script=killer)
+    assert res.returncode != 0
+    ours = [line for line in res.stderr.splitlines() if line.startswith("egnn: error:")]
+    assert len(ours) == 1 and "rank 0: another rank stopped" in ours[0], res.stderr[-3000:]
+    # torchrun prints its own report of the dead rank; rank 0's traceback through backward() is gone
+    assert "loss.backward()" not in res.stderr and "_train_epoch" not in res.stderr, res.stderr[-3000:]
 
 
 def test_refusals_are_one_line_with_exit_code_2(emt, tmp_path, capsys):

@@ -53,3 +53,13 @@ def test_from_pyg_like_object():
     g = Graph.from_pyg(data)
     assert g.num_graphs == 2 and g.num_nodes == 4 and g.vel is None
     assert torch.equal(g.edge_index, data.edge_index)
+
+
+def test_budget_starts_cut_contiguous_batches_by_count_and_size():
+    from egnn.ops.batch import budget_starts
+
+    assert budget_starts([3, 3, 3, 3, 3], 2, None) == [0, 2, 4]  # frames only
+    assert budget_starts([3, 3, 3, 3, 3], 10, 7) == [0, 2, 4]  # 3 + 3 <= 7 < 3 + 3 + 3
+    assert budget_starts([9, 1, 1, 8, 1], 10, 7) == [0, 1, 3, 4]  # a sample above the budget sits alone
+    assert budget_starts([1, 1, 1, 1], 3, 100) == [0, 3]
+    assert budget_starts([], 4, 10) == []

@@ -96,6 +96,10 @@ class AtomsGraphs:
     def __len__(self) -> int:
         return len(self.data)
 
+    def sizes(self) -> np.ndarray:
+        """Atoms + edges of each frame ``[F]``: what a frame's share of a batch's memory grows with."""
+        return (torch.diff(self.offsets) + torch.diff(self.edge_offsets)).numpy()
+
     @property
     def num_edges(self) -> int:
         """The number of edges of all frames together."""

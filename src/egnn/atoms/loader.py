@@ -113,12 +113,23 @@ class OnTheFlyGraphs:
         self.frames, self.cutoff, self.images, self.dtype, self.workers = frames, cutoff, images, dtype, workers
         self._sampler = _IndexBatches()
         self._loader: torch.utils.data.DataLoader | None = None
+        self._sizes: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # what a spawned worker receives: no loader inside
         return {**self.__dict__, "_loader": None}
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def sizes(self, sample: int = 16) -> np.ndarray:
+        """Atoms + edges of each frame ``[F]``, the edges estimated as atoms times the mean edges per atom of the
+        first ``sample`` frames (the neighbour lists of the others are built only when their batch is)."""
+        if self._sizes is None:
+            n_atoms = self.frames.n_atoms.astype(np.int64)
+            head = np.arange(min(sample, len(self)))
+            per_atom = self.get(head).edge_index.shape[1] / max(1, int(n_atoms[head].sum())) if head.size else 0.0
+            self._sizes = np.ceil(n_atoms * (1.0 + per_atom)).astype(np.int64)
+        return self._sizes
 
     def get(self, indices: Tensor | np.ndarray, device: torch.device | str = "cpu") -> AtomsBatch:
         """Read the frames ``indices`` and build their neighbour lists now: one

@@ -55,6 +55,9 @@ ELEMENTS = (
 ).split()
 
 MODEL_KIND = "egnn-atoms"
+# atoms + edges in one batch of :meth:`AtomsModel.predict` and of `egnn fit`'s evaluations (memory grows with them,
+# not with the frames; benchmarks/bench_fit_memory.py)
+PREDICT_BUDGET = 2**14
 READOUTS = ("sum", "mean", "mlp", "dipole", "spatial")
 # per-atom head outputs of each readout ("mlp": hidden_channels features for the graph head)
 _HEAD_OUT = {"sum": 1, "mean": 1, "dipole": 1, "spatial": 2}
@@ -408,8 +411,11 @@ class AtomsModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, data: Any, forces: bool | None = None, batch_size: int = 64,
-                progress: bool = False) -> dict[str, np.ndarray]:
+                progress: bool = False, budget: int | None = PREDICT_BUDGET) -> dict[str, np.ndarray]:
         """Predict an :class:`~egnn.atoms.data.AtomsData` (or :class:`~egnn.atoms.graphs.AtomsGraphs`).
+
+        Batches hold at most ``batch_size`` frames and (a lone frame excepted) at most ``budget`` atoms + edges
+        (``None``: no budget), so memory depends on neither the number nor the size of the frames.
 
         Returns:
             ``{"energy": [F], "forces": [N, 3]}`` (float64 numpy; ``forces`` when ``forces`` is true, by default
@@ -428,9 +434,13 @@ class AtomsModel(nn.Module):
         was = self.training
         self.eval()
         energies, forces_out = [], []
+        from egnn.ops.batch import budget_starts
+
         n = len(graphs)
-        for start in tqdm(range(0, n, batch_size), desc="predict", disable=not progress, leave=False):
-            b = graphs.get(torch.arange(start, min(n, start + batch_size)), param.device)
+        starts = budget_starts(graphs.sizes(), batch_size, budget)
+        for start, end in tqdm(list(zip(starts, [*starts[1:], n])), desc="predict", disable=not progress,
+                               leave=False):
+            b = graphs.get(torch.arange(start, end), param.device)
             e, f = self.predict_batch(b, forces)
             energies.append(e.double().cpu().numpy())
             if f is not None:

@@ -91,14 +91,17 @@ def _set_threads(threads: int | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from egnn.experiments.training.launch import follow_launcher
     from egnn.runtime import tune_cpu_allocator
 
+    follow_launcher()  # a worker of `egnn fit --procs N` dies with its launcher
     tune_cpu_allocator()  # reuse freed memory instead of page-faulting it back in every step
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version (0) or a parse error (2, already printed)
         return int(stop.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what worker processes are started with
 
     def run() -> int:
         _set_threads(getattr(args, "threads", None))

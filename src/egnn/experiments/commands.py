@@ -84,6 +84,19 @@ nonnegative_float = float_in(0.0, None, "a number >= 0", lo_open=False)
 seed_int = int_in(0, 2**32 - 1, "a seed in [0, 2^32)")
 
 
+def procs_arg(text: str) -> int | None:
+    """``auto`` (``None``: the command chooses) or a positive number of processes."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
+
+
+procs_arg.__name__ = "'auto' or a number of processes"
+
+
 def device_name(text: str) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` — and the device must exist here."""
     import torch
@@ -221,8 +234,11 @@ def run_command(func: Callable[[], int | None]) -> int:
     rank's failure exits quietly with the same code.
     """
     from egnn.experiments.training.distributed import PeerFailure, RankError, dist_info
+    from egnn.experiments.training.launch import launched
 
     rank, world = dist_info()
+    # a worker of `egnn fit --procs N`: its launcher reports lost peers and Ctrl-C, once for the whole job
+    launcher_reports = launched()
     where = f"rank {rank}: " if world > 1 else ""
     try:
         if rank > 0:  # one copy of the results: rank 0 prints them (errors still come from any rank)
@@ -232,7 +248,8 @@ def run_command(func: Callable[[], int | None]) -> int:
     except PeerFailure:
         return 2
     except RankError as err:
-        print(f"egnn: error: {_message(err)}", file=sys.stderr)
+        if not launcher_reports:
+            print(f"egnn: error: {_message(err)}", file=sys.stderr)
         return 1
     except user_error_types() as err:
         if os.environ.get("EGNN_TRACEBACK"):
@@ -241,7 +258,8 @@ def run_command(func: Callable[[], int | None]) -> int:
             print(f"egnn: error: {where}{_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("egnn: interrupted (the last complete checkpoint is kept; continue with --resume)", file=sys.stderr)
+        if not launcher_reports:
+            print("egnn: interrupted (the last complete checkpoint is kept; continue with --resume)", file=sys.stderr)
         return 130
     finally:
         leave_process_group()

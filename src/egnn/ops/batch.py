@@ -1,10 +1,12 @@
-"""A container for one graph or a batch of variable-size graphs, and collation."""
+"""A container for one graph or a batch of variable-size graphs, collation, and batches cut by a size budget."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -140,3 +142,17 @@ def collate(graphs: list[Graph]) -> Graph:
         y=cat_optional("y"),
         num_graphs=len(graphs),
     )
+
+
+def budget_starts(sizes: Sequence[int] | np.ndarray, batch_size: int, budget: int | None) -> list[int]:
+    """Where the contiguous batches of samples with these ``sizes`` start: at most ``batch_size`` samples and (a
+    lone sample excepted) at most ``budget`` in size each (``None``: no budget)."""
+    starts: list[int] = []
+    count = total = 0
+    for i, size in enumerate(np.asarray(sizes, dtype=np.int64).tolist()):
+        if not starts or count == batch_size or (budget is not None and total + size > budget):
+            starts.append(i)
+            count = total = 0
+        count += 1
+        total += size
+    return starts

@@ -253,3 +253,45 @@ def test_fit_compile_default_follows_the_run_length():
     assert use_compiled(None, True, "sum", COMPILE_MIN_STEPS) and not use_compiled(None, True, "sum", 10)
     assert not use_compiled(None, False, "sum", 10**6) and not use_compiled(None, True, "mlp", 10**6)
     assert use_compiled(True, True, "sum", 1) and not use_compiled(False, True, "sum", 10**6)
+
+
+def test_procs_auto_takes_processes_for_small_graphs_only(files, tmp_path):
+    """``--procs auto`` with ``--threads N``: N one-thread processes when a training batch has few edges
+    (molecules), one process of N threads otherwise, and never without ``--threads``."""
+    from ase.build import molecule
+
+    from egnn.experiments.cli import build_parser
+    from egnn.experiments.fit.cli import PROCS_BELOW_EDGES, _worker_plan
+    from egnn.experiments.fit.sources import graph_size
+    from egnn.experiments.training.launch import WorkerPlan
+
+    mol = tmp_path / "mol.extxyz"
+    ase.io.write(str(mol), [molecule("CH3CH2OH")] * 3)
+
+    def plan(data, *extra):
+        return _worker_plan(build_parser().parse_args(["fit", "--data", str(data), "--out", str(tmp_path / "r"),
+                                                       *extra]))
+
+    assert graph_size(mol, 5.0) == (9.0, 72.0)
+    assert plan(mol, "--threads", "2") == WorkerPlan(2, 1)
+    assert plan(mol) is None and plan(mol, "--threads", "1") is None
+    assert plan(mol, "--threads", "2", "--procs", "1") is None
+    assert plan(mol, "--threads", "4", "--procs", "2") == WorkerPlan(2, 2)
+    metal = files / "train.extxyz"
+    atoms, edges = graph_size(metal, 5.0)
+    small = int(PROCS_BELOW_EDGES // edges) - 1  # the largest batch below the threshold, and a larger one
+    assert plan(metal, "--threads", "2", "--batch-size", str(small)) == WorkerPlan(2, 1)
+    assert plan(metal, "--threads", "2", "--batch-size", str(small + 2)) is None
+    assert plan(tmp_path / "missing.extxyz", "--threads", "2") is None  # the fit itself reports the file
+
+
+def test_procs_refusals_are_one_line_exit_2(files, tmp_path, capsys, monkeypatch):
+    one_line_error(capsys, fit_args(files, tmp_path / "r", "--procs", "3"), "--procs 3", "--threads >= 3")
+    one_line_error(capsys, fit_args(files, tmp_path / "r", "--procs", "many"), "--procs",
+                   "expected 'auto' or a positive integer")
+    one_line_error(capsys, fit_args(files, tmp_path / "r", "--procs", "0"), "--procs")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun's workers see it
+    monkeypatch.setenv("RANK", "0")
+    one_line_error(capsys, fit_args(files, tmp_path / "r", "--threads", "2", "--procs", "2"), "--procs 2",
+                   "torchrun")
+    assert not (tmp_path / "r").exists()

@@ -29,12 +29,14 @@ from egnn.experiments.commands import (
     out_folder,
     positive_float,
     positive_int,
+    procs_arg,
     seed_int,
     trainer_overrides,
 )
 
 if TYPE_CHECKING:
     from egnn.atoms.model import AtomsModel
+    from egnn.experiments.training.launch import WorkerPlan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -147,9 +149,53 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
                    default=None, help="end of the cosine decay as a fraction of --lr (default 0.02)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="train on forces through the traced energy + forces graph compiled with torch.compile (the "
-                   "same values to rounding, about 2x faster per step after a compilation of 1-3 minutes); default: "
+                   "same values to rounding, about 3x faster per step after a compilation of 1-3 minutes); default: "
                    "when the run has at least 2,000 optimiser steps")
+    p.add_argument("--procs", type=procs_arg, default=None, metavar="auto|N",
+                   help="data-parallel processes on this machine (the same steps as one process; --threads is "
+                   "shared among them). auto (default): with --threads N >= 2 on the CPU, N processes of one "
+                   f"thread when a training batch is small (below {PROCS_BELOW_EDGES} edges: molecules), else one "
+                   "process of N threads")
     add_trainer_arguments(p, compile_flag=False)
+
+
+# `egnn fit --threads N --procs auto`: below this many edges per training batch, N processes of 1 thread. On the
+# shared 2-core machine (load average 3.5-4.9) 2 processes of 1 thread took 1.10-2.0x the epochs per minute of 1
+# process of 2 threads on molecules (8-9 atoms, ~1,000 edges per batch of 16), 1.04-1.37x on 4-16-atom Cu/Au cells
+# (2,600-10,600 edges), 1.21-1.66x on 32-atom cells (20,500) and 1.38x on 64-atom cells (40,500)
+# (benchmarks/bench_fit_procs.py; docs/benchmarks.md, "Processes or threads"). Larger batches were not measured:
+# they keep one process, whose intra-op threads have more work to share.
+PROCS_BELOW_EDGES = 2**16
+
+
+def _worker_plan(args: argparse.Namespace) -> WorkerPlan | None:
+    """``egnn fit --procs``: the worker processes to start (``None``: train in this process)."""
+    from egnn.experiments.fit.sources import graph_size
+    from egnn.experiments.fit.train import FIT_PRESET
+    from egnn.experiments.training.distributed import dist_info
+    from egnn.experiments.training.launch import WorkerPlan
+
+    threads, procs = args.threads, args.procs
+    if dist_info()[1] > 1:  # torchrun started this process: it is a worker already
+        if procs not in (None, 1):
+            raise CLIError(f"--procs {procs}: this process is already one of torchrun's {dist_info()[1]} workers; "
+                           "leave --procs out (or run without torchrun)")
+        return None
+    if procs is not None:
+        if threads is not None and procs > threads:
+            raise CLIError(f"--procs {procs} needs at least one thread per process: give --threads >= {procs} "
+                           f"(got --threads {threads}) or fewer --procs")
+        if procs > 1 and _device(args.device) != "cpu":
+            raise CLIError(f"--procs {procs} runs workers on the CPU; on a GPU use torchrun (one process per GPU) "
+                           "or --device cpu")
+        return WorkerPlan(procs, max(1, (threads or procs) // procs)) if procs > 1 else None
+    if threads is None or threads < 2 or _device(args.device) != "cpu":
+        return None
+    size = graph_size(args.data, args.cutoff, images=not args.no_images)
+    batch = args.batch_size or FIT_PRESET.train["batch_size"]
+    if size is None or size[1] * batch >= PROCS_BELOW_EDGES:
+        return None
+    return WorkerPlan(threads, 1)
 
 
 def _device(name: str) -> str:
@@ -160,9 +206,16 @@ def _device(name: str) -> str:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-
     from egnn.experiments.fit import train as ft
 
+    if args.energy_weight == 0 and (args.forces is None or args.forces_weight == 0):
+        raise CLIError("the loss has no term: give --energy-weight > 0, or --forces KEY with --forces-weight > 0")
+    workers = _worker_plan(args)
+    if workers is not None:
+        from egnn.experiments.training.launch import run_workers
+
+        # the same command in every worker; later flags win, so these two set each worker's share
+        return run_workers([*args.argv, "--threads", str(workers.threads), "--procs", "1"], workers)
     args.model = _model_kind(args.model, args.data)
     plan = ft.FitPlan(
         data=ft.DataOptions(train=args.data, target=args.target, forces=args.forces, valid=args.valid,
@@ -178,8 +231,6 @@ def _run_fit(args: argparse.Namespace) -> int:
                  "warmup_steps": args.warmup_steps, "final_lr_ratio": args.final_lr_ratio,
                  "compile": None}  # fit's --compile is its own (the compiled force graph), not the trainer's
     cfg = ft.FIT_PRESET.train_config(model=args.model, **overrides)
-    if args.energy_weight == 0 and (args.forces is None or args.forces_weight == 0):
-        raise CLIError("the loss has no term: give --energy-weight > 0, or --forces KEY with --forces-weight > 0")
     result, summary = ft.fit(plan, cfg, args.out, resume=args.resume, dtype=_dtype(args.dtype), compiled=args.compile)
     ft.check_finite_summary(summary)
     print(json.dumps({k: summary[k] for k in ("fit", "valid", "test") if k in summary}, indent=1, allow_nan=False))
@@ -194,7 +245,8 @@ def _add_model_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
     """The model, the data file, the batch size and the device of ``egnn eval``."""
     p.add_argument("checkpoint", type=checkpoint_arg, help="run folder (its best model) or checkpoint path")
     p.add_argument("--data", required=True, metavar="FILE", help=data_help)
-    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="structures per batch at most (default 64; a batch also holds at most 2^14 atoms + edges)")
     add_device(p)
 
 
@@ -216,7 +268,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
                    help="pretrained model name, else a run folder (its best model) or checkpoint path (a name wins; "
                    "write ./NAME for a folder of the same name)")
     p.add_argument("--data", default=None, metavar="FILE", help="the structures to predict (instead of FILE)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="structures per batch (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="structures per batch at most (default 64; a batch also holds at most 2^14 atoms + edges)")
     add_device(p)
     p.add_argument("--out", required=True, metavar="OUT",
                    help="output file (extxyz for .extxyz/.xyz); never overwritten")

@@ -58,6 +58,34 @@ def first_frame_periodic(path: str | Path) -> bool | None:
         return None
 
 
+def graph_size(path: str | Path, cutoff: float | None, images: bool = True,
+               frames: int = 8) -> tuple[float, float] | None:
+    """Mean atoms and edges per frame of the first ``frames`` frames of a file or store (``None``: they cannot be
+    read here; the fit that follows says why). Only those frames are read."""
+    from egnn.atoms.neighbors import neighbor_list
+
+    try:
+        if is_store(path):
+            from egnn.atoms.store import open_store
+
+            with open_store(path, verify=False) as store:
+                if not len(store):
+                    return None
+                data = store.read(np.arange(min(frames, len(store))))
+                sample = [data.frame(i) for i in range(len(data))]
+        else:
+            import ase.io
+
+            sample = [{"pos": a.positions, "cell": np.asarray(a.cell), "pbc": a.pbc}
+                      for a in ase.io.read(str(path), index=f":{frames}")]
+        if not sample:
+            return None
+        edges = [neighbor_list(f["pos"], cutoff, f["cell"], f["pbc"], images)[0].shape[1] for f in sample]
+        return float(np.mean([len(f["pos"]) for f in sample])), float(np.mean(edges))
+    except Exception:  # noqa: BLE001 - any unreadable input is reported by the fit itself, with its own message
+        return None
+
+
 def has_forces(d: AtomsData | FrameRows) -> bool:
     return (d.forces_key if isinstance(d, FrameRows) else d.forces) is not None
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from egnn.atoms.data import DEFAULT_CACHE_DIR, AtomsData, AtomsDataError
 from egnn.atoms.graphs import AtomsBatch, AtomsGraphs
 from egnn.atoms.loader import FrameRows, OnTheFlyGraphs
-from egnn.atoms.model import MODEL_KIND, AtomsArchitecture, AtomsModel, AtomsModelConfig, fit_statistics
+from egnn.atoms.model import MODEL_KIND, PREDICT_BUDGET, AtomsArchitecture, AtomsModel, AtomsModelConfig, fit_statistics
 from egnn.experiments.fit.sources import (
     StreamedPredictions,
     check_elements,
@@ -63,7 +63,7 @@ FIT_PRESET = Preset(
     "to 2 %), gradient norm clipped at 5, EMA 0.99, 160 epochs",
     train={"epochs": 160, "batch_size": 16, "schedule": "cosine", "final_lr_ratio": 0.02, "warmup_steps": 200,
            "grad_clip": 5.0, "ema_decay": 0.99, "eval_every": 5, "checkpoint_every": 5, "eval_batch_size": 64,
-           "weight_decay": 0.0, "seed": 0},
+           "eval_batch_budget": PREDICT_BUDGET, "weight_decay": 0.0, "seed": 0},
     # the vector model trains faster at a higher rate (benchmarks/bench_potentials.py; README "Directional model")
     lr=LRRule(value=2e-3, per_model={"vector": 5e-3}),
 )

@@ -16,10 +16,12 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from egnn.experiments.training.task import LossTerms
+from egnn.ops.batch import budget_starts
 
 T = TypeVar("T")
 
@@ -75,6 +77,20 @@ def _collective(fn: Callable[[], T]) -> T:
     except (RuntimeError, OSError) as err:  # gloo/nccl report a lost peer as DistBackendError (a RuntimeError)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise RankError(f"rank {dist_info()[0]}: another rank stopped or did not answer in time ({first})") from None
+
+
+# what gloo and nccl say when a peer process is gone (in errors that reach us as plain RuntimeErrors, e.g. from
+# DDP's gradient all-reduce inside ``loss.backward()``)
+_PEER_LOST = ("connection reset by peer", "connection closed by peer", "broken pipe", "gloo", "nccl",
+              "socket timeout", "timed out")
+
+
+def peer_lost(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another rank stopped or cannot be reached."""
+    if isinstance(err, torch.distributed.DistError):
+        return True
+    text = str(err).lower()
+    return any(s in text for s in _PEER_LOST)
 
 
 def reduce_device(device: torch.device) -> torch.device:
@@ -183,8 +199,15 @@ def shard_batches(order: Tensor, batch_size: int, rank: int, world: int) -> list
     return [rank_share(b, rank, world) for b in global_batches(order, batch_size)]
 
 
-def eval_batches(num_samples: int, batch_size: int, rank: int, world: int) -> Iterator[Tensor]:
-    """Contiguous evaluation batches of a split, dealt round-robin to the ranks (together: the whole split)."""
-    starts: Sequence[int] = range(0, num_samples, batch_size)
-    for start in starts[rank::world]:
-        yield torch.arange(start, min(num_samples, start + batch_size))
+def eval_batches(num_samples: int, batch_size: int, rank: int, world: int,
+                 sizes: Sequence[int] | np.ndarray | None = None, budget: int | None = None) -> Iterator[Tensor]:
+    """Contiguous evaluation batches of a split, dealt round-robin to the ranks (together: the whole split): of
+    ``batch_size`` samples, or (with per-sample ``sizes`` and a ``budget``) of at most ``budget`` in size, so that
+    memory does not grow with the size of the samples."""
+    if sizes is None or budget is None:
+        starts: Sequence[int] = range(0, num_samples, batch_size)
+    else:
+        starts = budget_starts(sizes, batch_size, budget)
+    ends = [*starts[1:], num_samples]
+    for start, end in list(zip(starts, ends))[rank::world]:
+        yield torch.arange(start, end)

@@ -12,18 +12,21 @@ from egnn.experiments.training.task import DataSplit, Task, iter_batches
 
 def evaluate_split(
     task: Task, split: DataSplit, model: nn.Module, device: torch.device, batch_size: int = 500,
-    progress: bool = False, desc: str = "eval",
+    progress: bool = False, desc: str = "eval", budget: int | None = None,
 ) -> float:
     """Mean of ``task.metric`` over a split, in eval mode (under ``torch.inference_mode`` unless the metric
-    needs gradients), with an optional progress bar over this rank's batches. Under ``torchrun`` every rank
-    must call it (the sums are reduced over the ranks)."""
+    needs gradients), with an optional progress bar over this rank's batches. Batches hold at most
+    ``batch_size`` samples and, when the split gives per-sample sizes (``split.sizes()``, e.g. atoms + edges of
+    each frame), at most ``budget`` in size. Under ``torchrun`` every rank must call it (the sums are reduced over
+    the ranks)."""
     from tqdm.auto import tqdm
 
     rank, world = dist_info()
     was_training = model.training
     model.eval()
     wrapped = task.wrap(model) if task.wrap is not None else model
-    batches = list(eval_batches(len(split), batch_size, rank, world))
+    sizes = split.sizes() if budget is not None and hasattr(split, "sizes") else None
+    batches = list(eval_batches(len(split), batch_size, rank, world, sizes, budget))
     sums = torch.zeros(2, dtype=torch.float64)  # metric sum, sample count (float64: exact counts)
     context = torch.enable_grad if task.metric_needs_grad else torch.inference_mode
     with context(), tqdm(total=len(batches), desc=desc, unit="batch", leave=False, dynamic_ncols=True,

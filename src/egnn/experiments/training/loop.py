@@ -21,11 +21,13 @@ from torch import Tensor, nn
 
 from egnn.experiments.training.distributed import (
     RankError,
+    all_reduce_sum,
     broadcast_object,
     epoch_order,
     global_batches,
     global_loss,
     init_distributed,
+    peer_lost,
     rank_share,
     reduce_device,
     resolve_device,
@@ -65,13 +67,34 @@ class Trainer:
             # (a few bytes) and says so once per process; not worth a line on every rank's stderr
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # some models leave parameters unused by the loss (e.g. the last node MLP when only positions count)
+            # some models leave parameters unused by the loss (e.g. the last node MLP when only positions count):
+            # DDP must then search the autograd graph for them every step; the others skip that traversal
+            unused = task.unused_parameters
+            self.find_unused = self._unused_parameters() if unused is None else unused
             self.train_model = nn.parallel.DistributedDataParallel(self.train_model, device_ids=ids,
-                                                                   find_unused_parameters=True)
+                                                                   find_unused_parameters=self.find_unused)
         if cfg.compile:
             # one graph for every batch size: node and edge counts are marked dynamic from the first call
             self.train_model = torch.compile(self.train_model, dynamic=True)
         self._steps_per_epoch = len(global_batches(torch.arange(len(task.train)), cfg.batch_size))
+
+    def _unused_parameters(self) -> bool:
+        """Whether the loss of this rank's share of the first global batch leaves some parameter without a
+        gradient, on any rank (a function of the model and the data, not of the timing; the RNG state is restored,
+        so the run takes the same course as without this check)."""
+        first = global_batches(epoch_order(len(self.task.train), self.cfg.seed, 0), self.cfg.batch_size)[0]
+        share = rank_share(first, self.rank, self.world)
+        (batch,) = list(iter_batches(self.task.train, [share if share.numel() else first[:1]], self.device))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        was_training = self.model.training
+        self.model.train()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            out = self.task.loss(self.train_model, batch)
+            loss = sum(w * t for w, t in zip(out.weights, out.sums)) if isinstance(out, LossTerms) else out
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        self.model.train(was_training)
+        unused = torch.tensor([float(any(g is None for g in grads))], device=reduce_device(self.device))
+        return bool(all_reduce_sum(unused).item() > 0)
 
     # --- progress counters live in the run state ----------------------------------------------------------------
     epoch = property(lambda self: self.state.epoch)
@@ -90,7 +113,8 @@ class Trainer:
 
     def evaluate(self, split: DataSplit, model: nn.Module | None = None, desc: str = "eval") -> float:
         return evaluate_split(self.task, split, model or self.eval_model(), self.device, self.cfg.eval_batch_size,
-                              progress=self.cfg.progress and self.rank == 0, desc=desc)
+                              progress=self.cfg.progress and self.rank == 0, desc=desc,
+                              budget=self.cfg.eval_batch_budget)
 
     def save(self, name: str) -> None:
         self.state.save(name)
@@ -140,7 +164,10 @@ class Trainer:
         gradient reduction becomes :class:`~egnn.experiments.training.distributed.RankError` (one line)."""
         try:
             return self._fit()
-        except torch.distributed.DistError as err:
+        except (torch.distributed.DistError, RuntimeError) as err:
+            # gloo reports a peer lost inside DDP's gradient reduction (in ``loss.backward()``) as a RuntimeError
+            if not (isinstance(err, torch.distributed.DistError) or (self.world > 1 and peer_lost(err))):
+                raise
             raise RankError(f"rank {self.rank}: another rank stopped or did not answer in time "
                             f"({(str(err).strip().splitlines() or [''])[0][:200]})") from None
 

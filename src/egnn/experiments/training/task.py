@@ -5,6 +5,8 @@ The data seam: a split is any object with ``__len__`` and either ``get(indices, 
 (in-memory data) or ``loader(index_batches, device)`` returning an iterable of batches, one per index batch in
 order (e.g. a ``torch.utils.data.DataLoader`` whose workers read and prepare the next batches while the current
 one trains). The trainer decides which samples form each batch (:mod:`.distributed`); the split only reads them.
+A split may also give ``sizes()``, the memory weight of each sample (e.g. atoms + edges of a graph), by which
+evaluation batches are cut (``TrainConfig.eval_batch_budget``).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Task:
     metric over the batch's samples, number of samples)``; lower is better; the trainer reports its mean over a
     split (e.g. MSE, MAE in physical units). ``wrap(model)`` (optional) is the module the loss and metric are
     called with (e.g. one whose forward returns energies and forces), so that the gradients of everything the
-    loss uses flow through the data-parallel wrapper.
+    loss uses flow through the data-parallel wrapper. ``unused_parameters``: see the field's comment.
     """
 
     train: DataSplit
@@ -74,6 +76,9 @@ class Task:
     # the metric differentiates the model (e.g. forces as -dE/dx): evaluate with autograd on
     metric_needs_grad: bool = False
     wrap: Callable[[nn.Module], nn.Module] | None = None
+    # whether the loss leaves some parameters without gradients (DDP then searches for them every step);
+    # None: found out on the first batch, once (a model whose unused parameters vary by batch must say True)
+    unused_parameters: bool | None = None
 
 
 @dataclass
@@ -95,6 +100,9 @@ class TrainConfig:
     grad_clip: float | None = None
     eval_every: int = 5
     eval_batch_size: int = 500
+    # evaluation batches also hold at most this much of the splits' per-sample size (``split.sizes()``: atoms +
+    # edges of a frame), so that their memory depends on neither the number nor the size of the samples
+    eval_batch_budget: int | None = None
     checkpoint_every: int = 5
     seed: int = 0
     # a cap, never a recipe: stop (after an evaluation and a checkpoint) once past this, and say so
@@ -124,7 +132,8 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 
 # settings that may differ between a run and its resumption without changing its course
-RESUME_FREE = {"epochs", "max_minutes", "progress", "device", "compile", "target_metric", "checkpoint_every"}
+RESUME_FREE = {"epochs", "max_minutes", "progress", "device", "compile", "target_metric", "checkpoint_every",
+               "eval_batch_budget"}
 
 
 @dataclass
