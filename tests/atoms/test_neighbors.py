@@ -111,3 +111,18 @@ def test_cell_heights():
     np.testing.assert_allclose(cell_heights(np.diag([2.0, 3.0, 4.0])), [2, 3, 4])
     hexagonal = np.array([[2.0, 0, 0], [-1.0, np.sqrt(3), 0], [0, 0, 5.0]])
     np.testing.assert_allclose(cell_heights(hexagonal), [np.sqrt(3), np.sqrt(3), 5.0])
+
+
+def test_dense_path_for_molecules_equals_the_tree(monkeypatch):
+    """Molecules up to DENSE_MAX_ATOMS take all pairs from one distance matrix: the same edges, in the same order."""
+    import egnn.atoms.neighbors as nb
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 9, 60, nb.DENSE_MAX_ATOMS):
+        pos = rng.uniform(0, 2.0 * n ** (1 / 3), (n, 3))
+        dense = nb.neighbor_list(pos, 3.0, None, np.zeros(3, bool), True)
+        with monkeypatch.context() as m:
+            m.setattr(nb, "DENSE_MAX_ATOMS", 0)
+            tree = nb.neighbor_list(pos, 3.0, None, np.zeros(3, bool), True)
+        assert np.array_equal(dense[0], tree[0]) and np.array_equal(dense[1], tree[1])
+        assert n < 9 or dense[0].shape[1] > 0

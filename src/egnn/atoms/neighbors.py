@@ -19,6 +19,10 @@ import itertools
 import numpy as np
 
 
+# molecules (no periodic direction) up to this size get their pairs from one dense distance matrix
+DENSE_MAX_ATOMS = 256
+
+
 class NeighborError(ValueError):
     """A structure and cut-off for which no valid neighbour list exists (one line, names the problem)."""
 
@@ -115,6 +119,12 @@ def neighbor_list(
         offset = np.where(pbc, np.floor(frac), 0.0).astype(np.int64)  # atom = wrapped + offset @ cell
         wrapped = pos - offset @ full
         reach = np.where(pbc, np.ceil(cutoff / heights), 0).astype(np.int64)
+    elif n <= DENSE_MAX_ATOMS:
+        # a small molecule: all pairs at once (the k-d tree's set-up cost 0.07-0.2 ms for 9 atoms, this ~10 us);
+        # row-major order is the (target, source) order below, and the distances are computed the same way
+        vec = pos[None, :, :] - pos[:, None, :]  # [target, source]: x_j - x_i
+        tgt, src = np.nonzero(((vec * vec).sum(-1) < cutoff * cutoff) & ~np.eye(n, dtype=bool))
+        return np.stack([src, tgt]).astype(np.int64), np.zeros((src.size, 3), dtype=np.int64)
     else:
         full = cell
         offset = np.zeros((n, 3), dtype=np.int64)
