@@ -18,7 +18,6 @@ import itertools
 
 import numpy as np
 
-
 # molecules (no periodic direction) up to this size get their pairs from one dense distance matrix
 DENSE_MAX_ATOMS = 256
 
