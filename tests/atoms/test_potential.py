@@ -131,3 +131,23 @@ def test_threads_one_for_small_structures_and_restored(exported, monkeypatch):
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="threads must be an integer >= 1"):
         Potential(str(report.path), threads=0)
+
+
+def test_calculator_recomputes_exactly_when_the_structure_changes(exported, monkeypatch):
+    calc = EGNNCalculator(str(exported["vector"][1].path))
+    calls = []
+    evaluate = calc.potential.evaluate
+    monkeypatch.setattr(calc.potential, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    atoms = water_box(seed=5)
+    atoms.calc = calc
+    atoms.get_forces()
+    atoms.get_potential_energy()
+    assert len(calls) == 1  # the same structure: cached
+    for change in (lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-10),
+                   lambda a: a.set_cell(a.cell.array * 1.001),
+                   lambda a: a.set_pbc([True, True, False]),
+                   lambda a: a.numbers.__setitem__(0, 8 if a.numbers[0] != 8 else 1)):
+        change(atoms)
+        before = len(calls)
+        atoms.get_forces()
+        assert len(calls) == before + 1

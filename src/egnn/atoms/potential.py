@@ -130,6 +130,7 @@ class Potential:
         self.device, self.dtype = self.backend.device, self.backend.dtype
         self.skin = float(skin)
         self._list: dict[str, Any] | None = None
+        self._species: tuple[np.ndarray, Tensor] | None = None
         self.neighbor_builds = 0
 
     @property
@@ -177,8 +178,11 @@ class Potential:
         pbc = np.zeros(3, dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool)
         if virial and not pbc.all():
             raise StressUnavailable("stress needs a cell that is periodic in all three directions")
-        if species is None:
-            species = self.species_index(numbers)
+        if species is None:  # the last call's, while the elements are the same (MD)
+            cached = self._species
+            if cached is None or not np.array_equal(cached[0], numbers):
+                cached = self._species = (numbers.copy(), self.species_index(numbers))
+            species = cached[1]
         edge_index, shifts = self._neighbors(pos, cell, pbc, numbers)
         dev, dt = self.device, self.dtype
         shift = torch.as_tensor(shifts.astype(np.float64) @ cell, dtype=dt, device=dev)
