@@ -244,7 +244,8 @@ def export_all(model: Path, metal: Path, work: Path) -> dict:
             warnings.simplefilter("ignore")
             r = export_model(src, path, dtype=dtype, stress=stress, threads=0 if name.endswith("_dyn") else 1)
         out[name] = {"seconds": round(r.seconds, 1), "MB": round(r.size_bytes / 1e6, 2),
-                     "max_force_diff": max(c["max_force_diff"] for c in r.checks)}
+                     "max_force_diff": max(c["max_force_diff"] for c in r.checks),
+                     "relative": max(c["max_force_diff"] / max(c["max_force"], 1e-300) for c in r.checks)}
     return out
 
 

@@ -103,7 +103,7 @@ class Potential:
             by more than ``skin / 2`` (or the cell, periodicity or elements change). Pairs beyond the cut-off have
             an envelope weight of exactly zero, so results do not depend on it; 0 rebuilds the list at every call.
         threads: PyTorch's intra-op threads during a call (restored after it). ``None``: one thread for structures
-            with fewer than :data:`SMALL_EDGES` edges, PyTorch's setting for larger ones. Compiled code runs every
+            with fewer than ``SMALL_EDGES`` (10,000) edges, PyTorch's setting for larger ones. Compiled code runs every
             kernel in an OpenMP parallel region: on a small molecule the regions cost more than they share (an
             ethanol call took 1.2 ms at one thread, 3.4-4.2 ms at two, and with OpenMP's default spin-waiting on a
             busy machine 60-100 ms; ``OMP_WAIT_POLICY=PASSIVE``, which the ``egnn`` command sets, avoids the latter).

@@ -101,7 +101,7 @@ def compare(model: AtomsModel, exported: ExportedModel, dtype_name: str, stress:
         de = abs(e_ref - e_got)
         ok = df <= tol["atol"] + tol["rtol"] * f_max and de <= tol["atol"] * len(pos) + tol["rtol"] * abs(e_ref)
         row = {"structure": st["name"], "atoms": len(pos), "edges": int(edges.shape[1]), "max_force_diff": df,
-               "energy_diff": de}
+               "max_force": f_max, "energy_diff": de, "energy": e_ref}
         if stress and st["pbc"].all():
             dv = float((ref[2] - got[2]).abs().max())
             v_max = float(ref[2].abs().max())

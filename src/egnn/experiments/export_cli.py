@@ -46,7 +46,8 @@ def _run_export(args: argparse.Namespace) -> int:
                               threads=args.kernel_threads)
     for row in report.checks:
         print(f"  checked on the {row['structure']} ({row['atoms']} atoms, {row['edges']} edges): forces within "
-              f"{row['max_force_diff']:.2g} eV/A, energy within {row['energy_diff']:.2g} eV of the eager model")
+              f"{row['max_force_diff']:.2g} eV/A (largest {row['max_force']:.3g}), energy within "
+              f"{row['energy_diff']:.2g} eV (of {row['energy']:.6g}) of the eager model")
     print(json.dumps({"file": str(report.path), "size_MB": round(report.size_bytes / 1e6, 2),
                       "export_seconds": round(report.seconds, 1), "tolerance": report.tolerance}, indent=1))
     return 0
