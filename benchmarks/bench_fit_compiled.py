@@ -46,8 +46,9 @@ def fit(data: Path, out: Path, extra: list[str]) -> dict:
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    if res.returncode != 0:
-        raise SystemExit(f"bench_fit_compiled: fit failed:\n{res.stderr[-3000:]}")
+    if res.returncode != 0:  # e.g. a diverged run: recorded, and the other runs still go on
+        last = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit code {res.returncode}"
+        return {"wall_s": wall, "failed": last}
     with open(out / "log.csv") as f:
         rows = list(csv.DictReader(f))
     summary = json.loads((out / "summary.json").read_text())
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag):
             r = fit(args.data, args.work / flag, extra)
             res[flag] = r
+            if "failed" in r:
+                lines.append(f"- {name}: failed after {r['wall_s'] / 60:.1f} min: {r['failed']}")
+                log(lines[-1])
+                continue
             lines.append(f"- {name}: {r['epochs']} epochs in {r['wall_s'] / 60:.1f} min (wall, with data loading and "
                          f"the final evaluation); test forces {r['test_forces_mae_meV_A']:.1f} meV/A, energy "
                          f"{r['test_energy_mae_meV_atom']:.2f} meV/atom")
