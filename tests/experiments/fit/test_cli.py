@@ -247,12 +247,12 @@ def test_fit_compile_trains_through_the_compiled_graph_like_eager(files, monkeyp
     assert np.allclose(logs["--compile"], logs["--no-compile"], rtol=1e-4)
 
 
-def test_fit_compile_default_follows_the_run_length():
+def test_fit_compile_only_when_asked():
     from egnn.experiments.fit.train import COMPILE_MIN_STEPS, use_compiled
 
-    assert use_compiled(None, True, "sum", COMPILE_MIN_STEPS) and not use_compiled(None, True, "sum", 10)
-    assert not use_compiled(None, False, "sum", 10**6) and not use_compiled(None, True, "mlp", 10**6)
+    assert not use_compiled(None, True, "sum", 10 * COMPILE_MIN_STEPS)
     assert use_compiled(True, True, "sum", 1) and not use_compiled(False, True, "sum", 10**6)
+    assert not use_compiled(True, False, "sum", 10**6) and not use_compiled(True, True, "mlp", 10**6)
 
 
 def test_procs_auto_takes_processes_for_small_graphs_only(files, tmp_path):

@@ -149,8 +149,8 @@ def _add_fit(subparsers: argparse._SubParsersAction) -> None:
                    default=None, help="end of the cosine decay as a fraction of --lr (default 0.02)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="train on forces through the traced energy + forces graph compiled with torch.compile (the "
-                   "same values to rounding, about 3x faster per step after a compilation of 1-3 minutes); default: "
-                   "when the run has at least 2,000 optimiser steps")
+                   "same gradients to rounding, about 2x the epochs per minute after a compilation of 0.5-1.5 "
+                   "minutes); off by default: one long compiled run diverged where the eager one did not")
     p.add_argument("--procs", type=procs_arg, default=None, metavar="auto|N",
                    help="data-parallel processes on this machine (the same steps as one process; --threads is "
                    "shared among them). auto (default): with --threads N >= 2 on the CPU, N processes of one "
